@@ -1,0 +1,1 @@
+"""FER2013 data preparation: CSV or image folders -> Hugging Face `datasets` Arrow shards."""
