@@ -1,0 +1,37 @@
+# Targets match the README. `make demo` and `make test` work on a fresh clone (Python 3.11 + pip).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -c constraints.txt
+
+.PHONY: install demo test test-quick lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, by itself: pip then takes the pinned CUDA build that runs fine on CPU.
+install: $(BIN)/python
+	$(PIP) -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) -q -e '.[dev]'
+
+demo: install
+	$(BIN)/emotionnet-synth demo/fer_synth.csv --rows 3000 --seed 0
+	$(BIN)/emotionnet-train --config configs/train/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-quick: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) demo outputs *.egg-info

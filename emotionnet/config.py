@@ -1,0 +1,82 @@
+"""The training configuration: one typed dataclass per concern, composed into `TrainConfig`.
+
+Files live in configs/train/*.yaml; any field can be overridden on the command line as
+`section.key=value` (e.g. `optim.lr=3e-4 model.depth=2`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from emotionnet.data import DataConfig
+from emotionnet.model import ModelConfig
+from emotionnet.transforms import AugmentConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; weight decay is applied to weights only, never to norms, biases or embeddings."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global L2 norm; 0 disables clipping
+    grad_accum_steps: int = 1
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warm-up, then cosine annealing with warm restarts, stepped once per optimizer step."""
+
+    warmup_steps: int = 500
+    cycle_epochs: float = 10.0  # length of the first cosine cycle, in epochs
+    cycle_mult: int = 1  # each cycle is this many times longer than the previous one
+    min_lr: float = 1e-6
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.1
+    # "balanced": weight class c by N / (K * n_c) from the training split's counts (Disgust is rare).
+    class_weights: Literal["none", "balanced"] = "none"
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500  # plus one at every epoch end
+    keep_last: int = 3  # the best checkpoint is kept on top of these
+
+
+@dataclass
+class RunConfig:
+    """What to run and where: epochs, precision, seed, output locations, resume."""
+
+    output_dir: str = "outputs"
+    run_name: str | None = None  # default: <model>-<precision>-<world size>x-<timestamp>
+    num_epochs: int = 30
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests, benchmarks)
+    # None: take it from `accelerate launch` / its config; "off" is the seed command's spelling of "no".
+    mixed_precision: Literal["no", "off", "bf16", "fp16"] | None = None
+    seed: int = 42
+    deterministic: bool = False  # torch.use_deterministic_algorithms; bitwise-repeatable on CPU
+    log_every_steps: int = 50
+    eval_tta: Literal["none", "flip", "tencrop"] = "none"  # test-time augmentation for the final test
+    resume: str | None = None  # "latest" or a checkpoint directory
+    dist_timeout_s: int = 600  # a rank stuck this long in a collective aborts the whole launch
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -1,0 +1,417 @@
+"""The training loop: a checkpointable `Trainer` over Accelerate (one CPU, DDP or DeepSpeed ZeRO-2/3).
+
+Accelerate owns device placement, sharding, precision and gradient sync; this module states the
+training logic once. Everything a restart needs is either in `accelerator.save_state` (model,
+optimizer, scheduler, scaler, RNG states) or in `TrainerProgress`, registered for checkpointing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    set_seed,
+)
+from tqdm.auto import tqdm
+
+from data_prep.schema import CLASS_NAMES
+from emotionnet.checkpoint import CheckpointManager
+from emotionnet.config import TrainConfig
+from emotionnet.data import build_dataloader, class_counts, load_splits
+from emotionnet.export import load_export, save_export
+from emotionnet.metrics import ClassificationReport, confusion_matrix
+from emotionnet.metrics_log import MetricsLog
+from emotionnet.model import EmotionNet
+from emotionnet.optim import build_optimizer, build_scheduler
+from emotionnet.preprocessing import Preprocessing
+from emotionnet.transforms import build_eval_transform, build_train_transform, tta_views
+
+log = logging.getLogger(__name__)
+
+# sysexits.h EX_TEMPFAIL: "try again later". Batch scripts requeue on it.
+EXIT_PREEMPTED = 75
+# How often (in optimizer steps) ranks agree on stop requests and non-finite losses. Checking costs a
+# host sync and a collective, so it is not done on every step.
+SYNC_EVERY_STEPS = 10
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainerProgress:
+    """Counters that must survive a restart (saved with every checkpoint)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    best_accuracy: float = -1.0
+    best_step: int = -1
+    skipped_steps: int = 0  # fp16 steps the grad scaler skipped on overflow
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    report: ClassificationReport
+    probabilities: torch.Tensor  # (N, K) on the main process, in dataset order
+    row_ids: torch.Tensor  # (N,)
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        values = {f"{prefix}/loss": self.loss, f"{prefix}/accuracy": self.report.accuracy,
+                  f"{prefix}/macro_f1": self.report.macro_f1}
+        for name, acc in zip(CLASS_NAMES, self.report.recall.tolist(), strict=True):
+            values[f"{prefix}/accuracy_{name}"] = acc
+        return values
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 set a flag; the loop acts on it at the next agreed step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+def build_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerator:
+    mixed_precision = None if cfg.run.mixed_precision is None else cfg.run.mixed_precision.replace("off", "no")
+    # Without an explicit gloo backend, DeepSpeed on CPU silently runs every process alone. A single
+    # process must not get one (Accelerate would then expect an initialized process group).
+    launched_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    backend = "gloo" if launched_distributed and not torch.cuda.is_available() else None
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum_steps,
+        project_config=ProjectConfiguration(project_dir=str(run_dir) if run_dir else None),
+        kwargs_handlers=[InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=cfg.run.dist_timeout_s))],
+        # A seeded sampler makes the epoch's order a function of (seed, epoch): exact mid-epoch resume.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.run.seed),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, run_dir: Path):
+        self.cfg = cfg
+        self.accelerator = accelerator
+        self.run_dir = run_dir
+        self.progress = TrainerProgress()
+        self.metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+        self.checkpoints = CheckpointManager(run_dir, accelerator, cfg.checkpoint.keep_last)
+        self.preprocessing = Preprocessing(input_size=cfg.model.input_size)
+        self.stop = StopRequest()
+
+        # Same initial weights on every rank, then per-rank streams for augmentation and dropout.
+        set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)
+        model = EmotionNet(cfg.model)
+        set_seed(cfg.run.seed, device_specific=True)
+        if cfg.run.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+
+        splits = load_splits(cfg.data.data_dir)
+        if "train" not in splits or "validation" not in splits:
+            raise ValueError(f"{cfg.data.data_dir} needs a 'train' and a 'validation' split; it has {list(splits)}")
+        self.splits = splits
+        train_loader = build_dataloader(splits["train"], build_train_transform(cfg.augment, self.preprocessing),
+                                        cfg.data.batch_size, shuffle=True, drop_last=True, cfg=cfg.data,
+                                        seed=cfg.run.seed)
+        val_loader = self._eval_loader(splits["validation"])
+        self.class_weights = self._class_weights()
+
+        optimizer = build_optimizer(model, cfg.optim)
+        steps_per_epoch = len(train_loader) // (accelerator.num_processes * cfg.optim.grad_accum_steps)
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"the training split ({len(splits['train'])} rows) is smaller than one global batch "
+                f"({cfg.data.batch_size} x {accelerator.num_processes} processes x {cfg.optim.grad_accum_steps})"
+            )
+        scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch)
+        self._configure_deepspeed()
+        if cfg.run.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
+            model, optimizer, train_loader, val_loader, scheduler
+        )
+        accelerator.register_for_checkpointing(self.progress)
+        self.steps_per_epoch = len(self.train_loader) // cfg.optim.grad_accum_steps
+        self.total_steps = self.steps_per_epoch * cfg.run.num_epochs
+        if cfg.run.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.run.max_steps)
+        # DeepSpeed keeps bf16/fp16 weights: inputs must match them. Otherwise autocast handles precision.
+        self.input_dtype = (
+            next(self.model.parameters()).dtype
+            if accelerator.distributed_type == DistributedType.DEEPSPEED
+            else torch.float32
+        )
+
+    # ---- setup helpers -------------------------------------------------------------------------
+
+    def _eval_loader(self, split) -> torch.utils.data.DataLoader:
+        return build_dataloader(split, build_eval_transform(self.preprocessing), self.cfg.data.eval_batch_size,
+                                shuffle=False, drop_last=False, cfg=self.cfg.data, seed=self.cfg.run.seed)
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if self.cfg.loss.class_weights == "none":
+            return None
+        counts = torch.tensor(class_counts(self.splits["train"]), dtype=torch.float32).clamp(min=1)
+        return (counts.sum() / (len(counts) * counts)).to(self.accelerator.device)
+
+    def _configure_deepspeed(self) -> None:
+        """Fill the DeepSpeed JSON's `auto` clipping value from the training config."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None and plugin.deepspeed_config.get("gradient_clipping", "auto") == "auto":
+            plugin.deepspeed_config["gradient_clipping"] = self.cfg.optim.grad_clip
+
+    def distributed_label(self) -> str:
+        """'cpu', 'ddp', 'deepspeed-zero2', ... for run names and tags."""
+        state = self.accelerator.state
+        if state.distributed_type == DistributedType.DEEPSPEED:
+            return f"deepspeed-zero{state.deepspeed_plugin.zero_stage}"
+        if state.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+            return "ddp"
+        return "single"
+
+    # ---- resume --------------------------------------------------------------------------------
+
+    def resume(self, checkpoint: Path) -> None:
+        self.accelerator.load_state(str(checkpoint))
+        if self.accelerator.is_main_process:
+            dropped = self.metrics_log.truncate_after(self.progress.step)
+            log.info("resumed from %s at step %d (dropped %d later log records)", checkpoint, self.progress.step,
+                     dropped)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> int:
+        """Train to the end (returns 0) or until a stop signal (checkpoints, returns EXIT_PREEMPTED)."""
+        acc, cfg, p = self.accelerator, self.cfg, self.progress
+        bar = tqdm(total=self.total_steps, initial=p.step, disable=not acc.is_main_process, desc="train",
+                   dynamic_ncols=True, unit="step")
+        window = _Window(acc.device)
+        nonfinite_at = torch.full((), -1, dtype=torch.long, device=acc.device)
+        while p.step < self.total_steps:
+            self.train_loader.set_epoch(p.epoch)  # shuffling order
+            self.train_loader.dataset.set_epoch(p.epoch)  # per-sample augmentation seeds
+            loader = self.train_loader
+            if p.batches_in_epoch:
+                loader = acc.skip_first_batches(self.train_loader, p.batches_in_epoch)
+            self.model.train()
+            epoch_finished = True
+            for batch in loader:
+                loss, grad_norm, stepped = self.train_step(batch)
+                p.batches_in_epoch += 1
+                window.add(loss.detach(), batch["labels"].numel())
+                if not stepped:
+                    continue
+                p.step += 1
+                bar.update(1)
+                step_t = torch.tensor(p.step, device=acc.device)
+                nonfinite_at = torch.where(~torch.isfinite(loss.detach()) & (nonfinite_at < 0), step_t, nonfinite_at)
+                if grad_norm is not None:
+                    window.grad_norm = grad_norm
+                if p.step % SYNC_EVERY_STEPS == 0 or p.step % cfg.run.log_every_steps == 0:
+                    self._raise_on_nonfinite(nonfinite_at)
+                    if self._agreed_stop():
+                        return self._preempt(bar)
+                if p.step % cfg.run.log_every_steps == 0:
+                    self._log_train(window, bar)
+                if p.step % cfg.checkpoint.every_steps == 0:
+                    self.checkpoints.save(p.step, protect=p.best_step)
+                if p.step >= self.total_steps:
+                    epoch_finished = p.batches_in_epoch >= len(self.train_loader)
+                    break
+            self._raise_on_nonfinite(nonfinite_at)
+            self._end_of_epoch()
+            if epoch_finished:
+                p.epoch += 1
+                p.batches_in_epoch = 0
+            self.checkpoints.save(p.step, protect=p.best_step)
+            if self._agreed_stop():
+                return self._preempt(bar)
+        bar.close()
+        return 0
+
+    def finish(self, tta: str) -> EvalResult | None:
+        """Export `final/`; evaluate `best/` on the test split when there is one."""
+        self.export("final", {"step": self.progress.step, "epoch": self.progress.epoch})
+        if "test" not in self.splits:
+            return None
+        model, _ = load_export(self.run_dir / "best", device=self.accelerator.device)
+        loader = self.accelerator.prepare_data_loader(self._eval_loader(self.splits["test"]))
+        result = self.evaluate(model, loader, tta=tta)
+        self.log(result.metrics("test"), split="test")
+        return result
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """One micro-batch: forward, backward, and (on the last micro-step) clip + optimizer step.
+
+        Returns the loss, the pre-clip gradient norm (when clipped this step) and whether the
+        optimizer stepped.
+        """
+        acc = self.accelerator
+        images = batch["pixel_values"].to(self.input_dtype)
+        if self.cfg.run.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        grad_norm = None
+        with acc.accumulate(self.model):
+            logits = self.model(images)
+            loss = F.cross_entropy(logits.float(), batch["labels"], weight=self.class_weights,
+                                   label_smoothing=self.cfg.loss.label_smoothing)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                grad_norm = self._clip_gradients()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if acc.sync_gradients:
+                if acc.optimizer_step_was_skipped:
+                    self.progress.skipped_steps += 1
+                self.scheduler.step()
+        return loss, grad_norm, acc.sync_gradients
+
+    def _clip_gradients(self) -> torch.Tensor | None:
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            return None  # DeepSpeed clips inside its step (config's gradient_clipping)
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        return acc.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def _agreed_stop(self) -> bool:
+        """All ranks stop together if any rank got a signal."""
+        flag = torch.tensor(float(self.stop.requested), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _raise_on_nonfinite(self, nonfinite_at: torch.Tensor) -> None:
+        first = int(self.accelerator.reduce(nonfinite_at.clone(), reduction="max").item())
+        if first >= 0:
+            last_good = self.checkpoints.latest()
+            raise NonFiniteLossError(
+                f"loss became NaN/Inf at step {first}; last good checkpoint: {last_good or 'none saved yet'}"
+            )
+
+    def _preempt(self, bar: tqdm) -> int:
+        bar.close()
+        path = self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
+        if self.accelerator.is_main_process:
+            log.warning("stop signal received: checkpoint %s saved; exiting with code %d", path, EXIT_PREEMPTED)
+        return EXIT_PREEMPTED
+
+    def _log_train(self, window: _Window, bar: tqdm) -> None:
+        loss, images_per_s = window.flush(self.accelerator)
+        record = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/images_per_s": images_per_s}
+        if window.grad_norm is not None:
+            record["train/grad_norm"] = float(window.grad_norm)
+        self.log(record, split="train")
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['train/lr']:.2e}", img_s=f"{images_per_s:.0f}")
+
+    def _end_of_epoch(self) -> None:
+        p = self.progress
+        result = self.evaluate(self.model, self.val_loader)
+        self.log(result.metrics("validation"), split="validation")
+        if self.accelerator.is_main_process:
+            log.info("epoch %d step %d: validation loss %.4f accuracy %.4f macro-F1 %.4f", p.epoch, p.step,
+                     result.loss, result.report.accuracy, result.report.macro_f1)
+        if result.report.accuracy > p.best_accuracy:
+            p.best_accuracy, p.best_step = result.report.accuracy, p.step
+            self.export("best", {"step": p.step, "epoch": p.epoch, **result.metrics("validation")})
+
+    # ---- evaluation, export, logging -------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, loader, tta: str = "none") -> EvalResult:
+        """Loss and metrics over a prepared loader, each sample counted once across processes."""
+        acc = self.accelerator
+        was_training = model.training
+        model.eval()
+        losses, probs, labels, row_ids = [], [], [], []
+        input_dtype = next(model.parameters()).dtype
+        for batch in tqdm(loader, desc="eval", leave=False, disable=not acc.is_main_process):
+            images = batch["pixel_values"].to(input_dtype)
+            with acc.autocast():
+                views = tta_views(images, tta, self.preprocessing) if tta != "none" else images[None]
+                logits = torch.stack([model(v) for v in views]).float()
+            prob = logits.softmax(-1).mean(0)
+            loss = F.nll_loss(prob.clamp(min=1e-12).log(), batch["labels"], reduction="none")
+            gathered = acc.gather_for_metrics((loss, prob, batch["labels"], batch["row_id"]))
+            for store, value in zip((losses, probs, labels, row_ids), gathered, strict=True):
+                store.append(value.cpu())
+        model.train(was_training)
+        labels_t = torch.cat(labels)
+        probs_t = torch.cat(probs)
+        report = ClassificationReport(confusion_matrix(labels_t, probs_t.argmax(-1), len(CLASS_NAMES)))
+        return EvalResult(float(torch.cat(losses).mean()), report, probs_t, torch.cat(row_ids))
+
+    def export(self, name: str, metadata: dict) -> Path:
+        """Write `<run_dir>/<name>/` (safetensors + description); gathers ZeRO-3 shards on all ranks."""
+        state = self.accelerator.get_state_dict(self.model)
+        path = self.run_dir / name
+        if self.accelerator.is_main_process:
+            state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+            save_export(path, state, self.cfg.model, self.preprocessing, metadata)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def log(self, metrics: dict[str, float], split: str) -> None:
+        if self.accelerator.is_main_process:
+            self.metrics_log.append({"step": self.progress.step, "epoch": self.progress.epoch, "split": split,
+                                     "time": time.time(), **metrics})
+
+
+class _Window:
+    """Loss and image counts between two log points, kept on device so the hot loop never syncs."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.grad_norm: torch.Tensor | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.batches = 0
+        self.images = 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss_sum += loss.float()
+        self.batches += 1
+        self.images += images
+
+    def flush(self, accelerator: Accelerator) -> tuple[float, float]:
+        """(mean loss across ranks, global images per second) since the last flush."""
+        stats = torch.stack([self.loss_sum, torch.tensor(float(self.batches), device=self.device),
+                             torch.tensor(float(self.images), device=self.device)])
+        loss_sum, batches, images = accelerator.reduce(stats, reduction="sum").tolist()
+        elapsed = time.perf_counter() - self.started
+        self._reset()
+        return loss_sum / max(batches, 1), images / max(elapsed, 1e-9)
