@@ -66,6 +66,7 @@ class RunConfig:
     eval_tta: Literal["none", "flip", "tencrop"] = "none"  # test-time augmentation for the final test
     resume: str | None = None  # "latest" or a checkpoint directory
     dist_timeout_s: int = 600  # a rank stuck this long in a collective aborts the whole launch
+    log_sample_ids: bool = False  # write each rank's consumed row ids to <run>/samples/ (data-order audit)
     channels_last: bool = False
     compile: bool = False
 

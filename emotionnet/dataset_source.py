@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
+from data_prep.manifest import Manifest
+from data_prep.prepare import PrepOptions, prepare
+from data_prep.records import PrepError
 from data_prep.schema import MANIFEST_NAME
 from emotionnet.data import DataConfig
 
@@ -47,14 +49,15 @@ def resolve_data_dir(cfg: DataConfig) -> Path:
 
 def prepared_cache(csv: Path, cache_root: Path) -> Path:
     """Prep `csv` once into `<cache_root>/<sha256[:16]>/`; later runs with the same bytes reuse it."""
-    from data_prep.cli import prepare  # the prep stage is only needed on a cache miss
-
     sha = file_sha256(csv)
     target = cache_root / sha[:16]
-    if is_prepared(target) and json.loads((target / MANIFEST_NAME).read_text())["source"]["sha256"] == sha:
+    if is_prepared(target) and Manifest.read(target).source.sha256 == sha:
         log.info("using prepared cache %s for %s", target, csv)
         return target
     log.info("preparing %s into cache %s", csv, target)
     cache_root.mkdir(parents=True, exist_ok=True)
-    prepare(csv, target, overwrite=True)
+    try:
+        prepare(csv, target, PrepOptions(overwrite=True))
+    except PrepError as err:
+        raise DataSourceError(str(err)) from err
     return target

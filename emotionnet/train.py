@@ -51,14 +51,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         prog="emotionnet-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="YAML file in configs/train/ (defaults are the dataclass defaults)")
-    parser.add_argument("--resume", help="'latest' (of --run_name, or the newest run) or a checkpoint directory")
+    parser.add_argument(
+        "--resume", help="'latest' (of --run_name, or the newest run) or a checkpoint directory"
+    )
     parser.add_argument("--run_name", help="run directory name under the output dir")
     for flag, (key, kind) in LEGACY_FLAGS.items():
         parser.add_argument(f"--{flag}", type=kind, help=f"same as {key}=...")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = parser.parse_args(argv)
-    overrides = [f"{key}={getattr(args, flag)}" for flag, (key, _) in LEGACY_FLAGS.items()
-                 if getattr(args, flag) is not None]
+    overrides = [
+        f"{key}={getattr(args, flag)}"
+        for flag, (key, _) in LEGACY_FLAGS.items()
+        if getattr(args, flag) is not None
+    ]
     if args.resume:
         overrides.append(f"run.resume={args.resume}")
     if args.run_name:
@@ -67,16 +72,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run(argv)[0]
+
+
+def run(argv: list[str] | None = None) -> tuple[int, Trainer | None]:
+    """Parse, train, evaluate; returns the exit code and the trainer (for scripts that inspect it)."""
     args, overrides = parse_args(argv)
     try:
         cfg = config_loader.load(TrainConfig, args.config, overrides)
     except config_loader.ConfigError as err:
         print(f"emotionnet-train: configuration error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT, None
 
     accelerator = build_accelerator(cfg)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
     try:
         # The main process decides (prep cache, run name, checkpoint); the others follow its answer.
@@ -90,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.wait_for_everyone()
     except (DataSourceError, RunDirError) as err:
         print(f"emotionnet-train: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT, None
 
     cfg.data.data_dir = data_dir
     cfg.run.run_name = run.name
@@ -101,25 +113,29 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, accelerator, run.path)
     except (ValueError, FileNotFoundError) as err:
         print(f"emotionnet-train: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT, None
     if run.checkpoint is not None:
         trainer.resume(run.checkpoint)
     try:
         code = trainer.fit()
     except NonFiniteLossError as err:
         print(f"emotionnet-train: {err}", file=sys.stderr)
-        return EXIT_NONFINITE
+        return EXIT_NONFINITE, trainer
     if code == EXIT_PREEMPTED:
-        return code
+        return code, trainer
     result = trainer.finish(cfg.run.eval_tta)
     if accelerator.is_main_process:
         print(f"run directory: {run.path}")
-        print(f"best validation accuracy {trainer.progress.best_accuracy:.4f} at step {trainer.progress.best_step}")
+        print(
+            f"best validation accuracy {trainer.progress.best_accuracy:.4f} at step {trainer.progress.best_step}"
+        )
         if result is not None:
-            print(f"test ({cfg.run.eval_tta} TTA) accuracy {result.report.accuracy:.4f} "
-                  f"macro-F1 {result.report.macro_f1:.4f}")
+            print(
+                f"test ({cfg.run.eval_tta} TTA) accuracy {result.report.accuracy:.4f} "
+                f"macro-F1 {result.report.macro_f1:.4f}"
+            )
     accelerator.end_training()
-    return 0
+    return 0, trainer
 
 
 if __name__ == "__main__":

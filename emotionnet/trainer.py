@@ -80,8 +80,12 @@ class EvalResult:
     row_ids: torch.Tensor  # (N,)
 
     def metrics(self, prefix: str) -> dict[str, float]:
-        values = {f"{prefix}/loss": self.loss, f"{prefix}/accuracy": self.report.accuracy,
-                  f"{prefix}/macro_f1": self.report.macro_f1}
+        values = {
+            f"{prefix}/loss": self.loss,
+            f"{prefix}/accuracy": self.report.accuracy,
+            f"{prefix}/macro_f1": self.report.macro_f1,
+            f"{prefix}/n": self.report.n,
+        }
         for name, acc in zip(CLASS_NAMES, self.report.recall.tolist(), strict=True):
             values[f"{prefix}/accuracy_{name}"] = acc
         return values
@@ -106,7 +110,9 @@ class StopRequest:
 
 
 def build_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerator:
-    mixed_precision = None if cfg.run.mixed_precision is None else cfg.run.mixed_precision.replace("off", "no")
+    mixed_precision = (
+        None if cfg.run.mixed_precision is None else cfg.run.mixed_precision.replace("off", "no")
+    )
     # Without an explicit gloo backend, DeepSpeed on CPU silently runs every process alone. A single
     # process must not get one (Accelerate would then expect an initialized process group).
     launched_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -115,7 +121,9 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelera
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum_steps,
         project_config=ProjectConfiguration(project_dir=str(run_dir) if run_dir else None),
-        kwargs_handlers=[InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=cfg.run.dist_timeout_s))],
+        kwargs_handlers=[
+            InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=cfg.run.dist_timeout_s))
+        ],
         # A seeded sampler makes the epoch's order a function of (seed, epoch): exact mid-epoch resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.run.seed),
         step_scheduler_with_optimizer=False,
@@ -132,6 +140,14 @@ class Trainer:
         self.checkpoints = CheckpointManager(run_dir, accelerator, cfg.checkpoint.keep_last)
         self.preprocessing = Preprocessing(input_size=cfg.model.input_size)
         self.stop = StopRequest()
+        # Audit trail of which rows each rank consumed (off by default: it writes on every step).
+        self.sample_log = (
+            MetricsLog(run_dir / "samples" / f"rank{accelerator.process_index}.jsonl")
+            if cfg.run.log_sample_ids
+            else None
+        )
+        if self.sample_log is not None:
+            self.sample_log.path.parent.mkdir(parents=True, exist_ok=True)
 
         # Same initial weights on every rank, then per-rank streams for augmentation and dropout.
         set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)
@@ -142,11 +158,19 @@ class Trainer:
 
         splits = load_splits(cfg.data.data_dir)
         if "train" not in splits or "validation" not in splits:
-            raise ValueError(f"{cfg.data.data_dir} needs a 'train' and a 'validation' split; it has {list(splits)}")
+            raise ValueError(
+                f"{cfg.data.data_dir} needs a 'train' and a 'validation' split; it has {list(splits)}"
+            )
         self.splits = splits
-        train_loader = build_dataloader(splits["train"], build_train_transform(cfg.augment, self.preprocessing),
-                                        cfg.data.batch_size, shuffle=True, drop_last=True, cfg=cfg.data,
-                                        seed=cfg.run.seed)
+        train_loader = build_dataloader(
+            splits["train"],
+            build_train_transform(cfg.augment, self.preprocessing),
+            cfg.data.batch_size,
+            shuffle=True,
+            drop_last=True,
+            cfg=cfg.data,
+            seed=cfg.run.seed,
+        )
         val_loader = self._eval_loader(splits["validation"])
         self.class_weights = self._class_weights()
 
@@ -179,8 +203,15 @@ class Trainer:
     # ---- setup helpers -------------------------------------------------------------------------
 
     def _eval_loader(self, split) -> torch.utils.data.DataLoader:
-        return build_dataloader(split, build_eval_transform(self.preprocessing), self.cfg.data.eval_batch_size,
-                                shuffle=False, drop_last=False, cfg=self.cfg.data, seed=self.cfg.run.seed)
+        return build_dataloader(
+            split,
+            build_eval_transform(self.preprocessing),
+            self.cfg.data.eval_batch_size,
+            shuffle=False,
+            drop_last=False,
+            cfg=self.cfg.data,
+            seed=self.cfg.run.seed,
+        )
 
     def _class_weights(self) -> torch.Tensor | None:
         if self.cfg.loss.class_weights == "none":
@@ -207,18 +238,30 @@ class Trainer:
 
     def resume(self, checkpoint: Path) -> None:
         self.accelerator.load_state(str(checkpoint))
+        if self.sample_log is not None:
+            self.sample_log.truncate_after(self.progress.step)
         if self.accelerator.is_main_process:
             dropped = self.metrics_log.truncate_after(self.progress.step)
-            log.info("resumed from %s at step %d (dropped %d later log records)", checkpoint, self.progress.step,
-                     dropped)
+            log.info(
+                "resumed from %s at step %d (dropped %d later log records)",
+                checkpoint,
+                self.progress.step,
+                dropped,
+            )
 
     # ---- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> int:
         """Train to the end (returns 0) or until a stop signal (checkpoints, returns EXIT_PREEMPTED)."""
         acc, cfg, p = self.accelerator, self.cfg, self.progress
-        bar = tqdm(total=self.total_steps, initial=p.step, disable=not acc.is_main_process, desc="train",
-                   dynamic_ncols=True, unit="step")
+        bar = tqdm(
+            total=self.total_steps,
+            initial=p.step,
+            disable=not acc.is_main_process,
+            desc="train",
+            dynamic_ncols=True,
+            unit="step",
+        )
         window = _Window(acc.device)
         nonfinite_at = torch.full((), -1, dtype=torch.long, device=acc.device)
         while p.step < self.total_steps:
@@ -231,6 +274,15 @@ class Trainer:
             epoch_finished = True
             for batch in loader:
                 loss, grad_norm, stepped = self.train_step(batch)
+                if self.sample_log is not None:
+                    self.sample_log.append(
+                        {
+                            "step": p.step + int(stepped),
+                            "epoch": p.epoch,
+                            "batch": p.batches_in_epoch,
+                            "row_ids": batch["row_id"].tolist(),
+                        }
+                    )
                 p.batches_in_epoch += 1
                 window.add(loss.detach(), batch["labels"].numel())
                 if not stepped:
@@ -238,7 +290,9 @@ class Trainer:
                 p.step += 1
                 bar.update(1)
                 step_t = torch.tensor(p.step, device=acc.device)
-                nonfinite_at = torch.where(~torch.isfinite(loss.detach()) & (nonfinite_at < 0), step_t, nonfinite_at)
+                nonfinite_at = torch.where(
+                    ~torch.isfinite(loss.detach()) & (nonfinite_at < 0), step_t, nonfinite_at
+                )
                 if grad_norm is not None:
                     window.grad_norm = grad_norm
                 if p.step % SYNC_EVERY_STEPS == 0 or p.step % cfg.run.log_every_steps == 0:
@@ -287,8 +341,12 @@ class Trainer:
         grad_norm = None
         with acc.accumulate(self.model):
             logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), batch["labels"], weight=self.class_weights,
-                                   label_smoothing=self.cfg.loss.label_smoothing)
+            loss = F.cross_entropy(
+                logits.float(),
+                batch["labels"],
+                weight=self.class_weights,
+                label_smoothing=self.cfg.loss.label_smoothing,
+            )
             acc.backward(loss)
             if acc.sync_gradients:
                 grad_norm = self._clip_gradients()
@@ -324,12 +382,18 @@ class Trainer:
         bar.close()
         path = self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
         if self.accelerator.is_main_process:
-            log.warning("stop signal received: checkpoint %s saved; exiting with code %d", path, EXIT_PREEMPTED)
+            log.warning(
+                "stop signal received: checkpoint %s saved; exiting with code %d", path, EXIT_PREEMPTED
+            )
         return EXIT_PREEMPTED
 
     def _log_train(self, window: _Window, bar: tqdm) -> None:
         loss, images_per_s = window.flush(self.accelerator)
-        record = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/images_per_s": images_per_s}
+        record = {
+            "train/loss": loss,
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/images_per_s": images_per_s,
+        }
         if window.grad_norm is not None:
             record["train/grad_norm"] = float(window.grad_norm)
         self.log(record, split="train")
@@ -340,8 +404,14 @@ class Trainer:
         result = self.evaluate(self.model, self.val_loader)
         self.log(result.metrics("validation"), split="validation")
         if self.accelerator.is_main_process:
-            log.info("epoch %d step %d: validation loss %.4f accuracy %.4f macro-F1 %.4f", p.epoch, p.step,
-                     result.loss, result.report.accuracy, result.report.macro_f1)
+            log.info(
+                "epoch %d step %d: validation loss %.4f accuracy %.4f macro-F1 %.4f",
+                p.epoch,
+                p.step,
+                result.loss,
+                result.report.accuracy,
+                result.report.macro_f1,
+            )
         if result.report.accuracy > p.best_accuracy:
             p.best_accuracy, p.best_step = result.report.accuracy, p.step
             self.export("best", {"step": p.step, "epoch": p.epoch, **result.metrics("validation")})
@@ -384,8 +454,15 @@ class Trainer:
 
     def log(self, metrics: dict[str, float], split: str) -> None:
         if self.accelerator.is_main_process:
-            self.metrics_log.append({"step": self.progress.step, "epoch": self.progress.epoch, "split": split,
-                                     "time": time.time(), **metrics})
+            self.metrics_log.append(
+                {
+                    "step": self.progress.step,
+                    "epoch": self.progress.epoch,
+                    "split": split,
+                    "time": time.time(),
+                    **metrics,
+                }
+            )
 
 
 class _Window:
@@ -409,8 +486,13 @@ class _Window:
 
     def flush(self, accelerator: Accelerator) -> tuple[float, float]:
         """(mean loss across ranks, global images per second) since the last flush."""
-        stats = torch.stack([self.loss_sum, torch.tensor(float(self.batches), device=self.device),
-                             torch.tensor(float(self.images), device=self.device)])
+        stats = torch.stack(
+            [
+                self.loss_sum,
+                torch.tensor(float(self.batches), device=self.device),
+                torch.tensor(float(self.images), device=self.device),
+            ]
+        )
         loss_sum, batches, images = accelerator.reduce(stats, reduction="sum").tolist()
         elapsed = time.perf_counter() - self.started
         self._reset()

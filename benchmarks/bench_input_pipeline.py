@@ -1,0 +1,220 @@
+"""Input pipeline alone (issue 4): Arrow shards -> augmented batches of 8, vs. what training consumes.
+
+    python -m benchmarks.bench_input_pipeline                             # synthetic, FER2013-sized
+    python -m benchmarks.bench_input_pipeline --data-dir dataset/fer2013  # the real prepared FER2013
+
+Measures images/s of the training DataLoader (batched Arrow reads, per-face augmentation, batched
+preprocessing, random erasing, collation) for 0, 1 and 2 workers, and the images/s one CPU training step
+of the default EmotionNet consumes at batch 8. The issue's target: pipeline images/s per worker >= 5x
+the training rate. Results go to docs/benchmarks.md, section "## Input pipeline (issue 4)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data_prep.prepare import prepare
+from data_prep.schema import IMAGE_SIZE, NUM_CLASSES
+from data_prep.synth import write_synthetic_csv
+from emotionnet.data import DataConfig, DatasetNotPreparedError, build_dataloader, load_splits
+from emotionnet.preprocessing import Preprocessing
+from emotionnet.transforms import AugmentConfig, FaceTransform, build_eval_transform, build_train_transform
+
+BATCH = 8
+TARGET_RATIO = 5.0
+# Assumed GPU step time for the default EmotionNet at batch 8 (fwd + bwd + AdamW, bf16): a few ms on an
+# H100, where kernel-launch overhead dominates. Not measured here (no GPU); replace with the GPU benchmark.
+GPU_STEP_MS = (2.0, 4.0)
+SECTION = "## Input pipeline (issue 4)"
+DOC_TITLE = "# Benchmarks"
+
+
+@dataclass
+class Row:
+    name: str
+    workers: int
+    images_per_s: float
+
+    @property
+    def per_worker(self) -> float:
+        return self.images_per_s / max(self.workers, 1)
+
+
+def synthetic_prepared(rows: int, root: Path) -> Path:
+    """The real prep stage run on data_prep's synthetic FER2013-format CSV: shards exactly as training reads them."""
+    csv = write_synthetic_csv(root / "synthetic.csv", rows, seed=0, progress=True)
+    out = root / "prepared"
+    prepare(csv, out)
+    csv.unlink()  # the shards are all the benchmark reads; free the disk
+    return out
+
+
+def pipeline_rate(
+    name: str, split: datasets.Dataset, transform: FaceTransform, workers: int, batches: int
+) -> Row:
+    cfg = DataConfig(num_workers=workers, persistent_workers=True)
+    loader = build_dataloader(split, transform, BATCH, shuffle=True, drop_last=True, cfg=cfg, seed=0)
+    warmup = max(2 * workers * cfg.prefetch_factor, 5)  # worker start-up and first prefetch excluded
+    if len(loader) < warmup + batches:
+        raise SystemExit(f"the train split has {len(loader)} batches of {BATCH}; need {warmup + batches}")
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in tqdm(range(batches), desc=f"{name}, {workers} workers", leave=False):
+        next(it)
+    rate = batches * BATCH / (time.perf_counter() - start)
+    del it, loader
+    return Row(name, workers, rate)
+
+
+def training_rate(steps: int) -> float:
+    """Images/s of one CPU process running full training steps of the default EmotionNet at batch 8."""
+    from emotionnet.model import EmotionNet
+
+    model = EmotionNet().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(BATCH, 1, IMAGE_SIZE, IMAGE_SIZE)
+    y = torch.randint(0, NUM_CLASSES, (BATCH,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in tqdm(range(steps), desc="training steps", leave=False):
+        step()
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def report(args, rows: list[Row], train_rate: float | None, source: str) -> str:
+    # The single-worker row is one dedicated process doing all the work: the fairest per-worker figure.
+    train_rows = [r for r in rows if r.name == "train"]
+    per_worker = next(
+        (r.per_worker for r in train_rows if r.workers == 1), max(r.per_worker for r in train_rows)
+    )
+    gpu_lo, gpu_hi = (BATCH * 1000 / ms for ms in reversed(GPU_STEP_MS))
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{' '.join(['python -m benchmarks.bench_input_pipeline', *args])}`",
+        f"Machine: {os.cpu_count()}-core CPU ({cpu_model()}), no GPU, shared with "
+        f"other jobs (load average {os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, "
+        f"torch threads {torch.get_num_threads()}. Date: {datetime.date.today().isoformat()}.",
+        f"Data: {source}. Batch {BATCH}, default AugmentConfig (flip, rotation+affine in one warp, "
+        "brightness/contrast, random erasing), Preprocessing to 48 px.",
+        "",
+        "| pipeline | workers | images/s | images/s per worker |",
+        "|---|---:|---:|---:|",
+        *(f"| {r.name} | {r.workers} | {r.images_per_s:,.0f} | {r.per_worker:,.0f} |" for r in rows),
+        "",
+    ]
+    if train_rate is None:
+        lines.append("Training consumption: not measured (--skip-model).")
+    else:
+        ratio = per_worker / train_rate
+        verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
+        lines.append(
+            f"Training consumption, one CPU process, default EmotionNet, fwd+bwd+AdamW at batch {BATCH}: "
+            f"{train_rate:,.1f} images/s. Pipeline (1 worker) / training = {ratio:,.0f}x "
+            f"(target >= {TARGET_RATIO:.0f}x): **{verdict}**."
+        )
+    lines.append("")
+    workers_needed = [int(np.ceil(rate / per_worker)) for rate in (gpu_lo, gpu_hi)]
+    lines.append(
+        f"GPU: assuming a {GPU_STEP_MS[0]:g}-{GPU_STEP_MS[1]:g} ms training step at batch {BATCH} (H100-class, "
+        f"not measured here), one GPU consumes {gpu_lo:,.0f}-{gpu_hi:,.0f} images/s. At {per_worker:,.0f} "
+        f"images/s per worker that takes {workers_needed[0]}-{workers_needed[1]} workers per GPU (the default "
+        f"`num_workers: 4` gives {4 * per_worker:,.0f} images/s, "
+        f"{'enough' if 4 * per_worker >= gpu_hi else 'NOT enough'} for the fast end), assuming a free "
+        "CPU core per worker; per-worker rates on a busy 2-core machine understate a dedicated core."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(doc: Path, section: str) -> None:
+    """Replace (or append) this benchmark's section, leaving the rest of the file as it is."""
+    text = doc.read_text() if doc.exists() else f"{DOC_TITLE}\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", help="a prepared dataset (emotionnet-prep output); default: synthetic")
+    # 80% of the synthetic CSV is Training: 35,887 rows (FER2013's total) give its 28,709 train rows.
+    parser.add_argument("--rows", type=int, default=35_887, help="synthetic CSV rows, all splits")
+    parser.add_argument("--batches", type=int, default=300, help="timed batches per configuration")
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--skip-model", action="store_true", help="do not time the EmotionNet training step")
+    parser.add_argument("--doc", default="docs/benchmarks.md", help="markdown file to update ('' to skip)")
+    args = parser.parse_args(argv)
+    workers = [int(w) for w in args.workers.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(args.data_dir) if args.data_dir else synthetic_prepared(args.rows, Path(tmp))
+        try:
+            splits = load_splits(data_dir)
+        except DatasetNotPreparedError as err:
+            print(f"error: {err}")
+            return 2
+        if "train" not in splits:
+            print(f"error: {data_dir} has no train split")
+            return 2
+        train = splits["train"]
+        origin = args.data_dir or "data_prep's synthetic CSV through the prep stage"
+        source = f"{origin}, train split ({len(train):,} rows, memory-mapped)"
+        pre = Preprocessing()
+        train_transform = build_train_transform(AugmentConfig(), pre)
+        rows = [pipeline_rate("train", train, train_transform, w, args.batches) for w in workers]
+        eval_transform = build_eval_transform(pre)
+        rows.append(pipeline_rate("eval (no augmentation)", train, eval_transform, 0, args.batches))
+    train_rate = None if args.skip_model else training_rate(args.steps)
+
+    section = report(sys.argv[1:] if argv is None else argv, rows, train_rate, source)
+    print(section)
+    if args.doc:
+        write_section(Path(args.doc), section)
+        print(f"updated {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
