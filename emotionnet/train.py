@@ -23,6 +23,7 @@ import yaml
 from accelerate.utils import broadcast_object_list
 
 from emotionnet import config_loader
+from emotionnet.callbacks import TrainerCallback
 from emotionnet.config import TrainConfig
 from emotionnet.dataset_source import DataSourceError, resolve_data_dir
 from emotionnet.run_dir import RunDirError, resolve_run
@@ -110,32 +111,44 @@ def run(argv: list[str] | None = None) -> tuple[int, Trainer | None]:
         run.path.mkdir(parents=True, exist_ok=True)
         (run.path / "config.yaml").write_text(yaml.safe_dump(config_loader.to_dict(cfg), sort_keys=False))
     try:
-        trainer = Trainer(cfg, accelerator, run.path)
+        trainer = Trainer(cfg, accelerator, run.path, callbacks=build_callbacks(cfg))
     except (ValueError, FileNotFoundError) as err:
         print(f"emotionnet-train: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT, None
     if run.checkpoint is not None:
         trainer.resume(run.checkpoint)
+    code = 1  # anything that escapes below is a failure for the callbacks
     try:
-        code = trainer.fit()
+        code = train_and_test(trainer)
     except NonFiniteLossError as err:
         print(f"emotionnet-train: {err}", file=sys.stderr)
-        return EXIT_NONFINITE, trainer
+        code = EXIT_NONFINITE
+    finally:
+        trainer.end(code)
+    accelerator.end_training()
+    return code, trainer
+
+
+def build_callbacks(cfg: TrainConfig) -> list[TrainerCallback]:
+    """Trackers and other observers of the run (main process only)."""
+    return []
+
+
+def train_and_test(trainer: Trainer) -> int:
+    code = trainer.fit()
     if code == EXIT_PREEMPTED:
-        return code, trainer
-    result = trainer.finish(cfg.run.eval_tta)
-    if accelerator.is_main_process:
-        print(f"run directory: {run.path}")
-        print(
-            f"best validation accuracy {trainer.progress.best_accuracy:.4f} at step {trainer.progress.best_step}"
-        )
+        return code
+    result = trainer.finish(trainer.cfg.run.eval_tta)
+    if trainer.accelerator.is_main_process:
+        p = trainer.progress
+        print(f"run directory: {trainer.run_dir}")
+        print(f"best validation accuracy {p.best_accuracy:.4f} at step {p.best_step}")
         if result is not None:
             print(
-                f"test ({cfg.run.eval_tta} TTA) accuracy {result.report.accuracy:.4f} "
+                f"test ({trainer.cfg.run.eval_tta} TTA) accuracy {result.report.accuracy:.4f} "
                 f"macro-F1 {result.report.macro_f1:.4f}"
             )
-    accelerator.end_training()
-    return 0, trainer
+    return 0
 
 
 if __name__ == "__main__":

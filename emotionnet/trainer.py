@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from accelerate.utils import (
 from tqdm.auto import tqdm
 
 from data_prep.schema import CLASS_NAMES
+from emotionnet.callbacks import TrainerCallback
 from emotionnet.checkpoint import CheckpointManager
 from emotionnet.config import TrainConfig
 from emotionnet.data import build_dataloader, class_counts, load_splits
@@ -131,8 +133,15 @@ def build_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelera
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, run_dir: Path):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        accelerator: Accelerator,
+        run_dir: Path,
+        callbacks: Sequence[TrainerCallback] = (),
+    ):
         self.cfg = cfg
+        self.callbacks = list(callbacks) if accelerator.is_main_process else []
         self.accelerator = accelerator
         self.run_dir = run_dir
         self.progress = TrainerProgress()
@@ -262,6 +271,8 @@ class Trainer:
             dynamic_ncols=True,
             unit="step",
         )
+        for callback in self.callbacks:
+            callback.on_start(self)
         window = _Window(acc.device)
         nonfinite_at = torch.full((), -1, dtype=torch.long, device=acc.device)
         while p.step < self.total_steps:
@@ -326,6 +337,8 @@ class Trainer:
         loader = self.accelerator.prepare_data_loader(self._eval_loader(self.splits["test"]))
         result = self.evaluate(model, loader, tta=tta)
         self.log(result.metrics("test"), split="test")
+        for callback in self.callbacks:
+            callback.on_evaluation(self, "test", result)
         return result
 
     def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
@@ -403,6 +416,8 @@ class Trainer:
         p = self.progress
         result = self.evaluate(self.model, self.val_loader)
         self.log(result.metrics("validation"), split="validation")
+        for callback in self.callbacks:
+            callback.on_evaluation(self, "validation", result)
         if self.accelerator.is_main_process:
             log.info(
                 "epoch %d step %d: validation loss %.4f accuracy %.4f macro-F1 %.4f",
@@ -449,10 +464,17 @@ class Trainer:
         if self.accelerator.is_main_process:
             state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
             save_export(path, state, self.cfg.model, self.preprocessing, metadata)
+        for callback in self.callbacks:
+            callback.on_export(self, name, path)
         self.accelerator.wait_for_everyone()
         return path
 
+    def end(self, exit_code: int) -> None:
+        for callback in self.callbacks:
+            callback.on_end(self, exit_code)
+
     def log(self, metrics: dict[str, float], split: str) -> None:
+        """Append to metrics.jsonl (always), then hand the metrics to the callbacks (trackers)."""
         if self.accelerator.is_main_process:
             self.metrics_log.append(
                 {
@@ -463,6 +485,8 @@ class Trainer:
                     **metrics,
                 }
             )
+        for callback in self.callbacks:
+            callback.on_metrics(self, metrics, self.progress.step)
 
 
 class _Window:
