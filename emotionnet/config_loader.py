@@ -7,6 +7,7 @@ or a wrong type fails at start-up with one sentence that lists the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,23 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false. YAML 1.1 would read `mixed_precision: no` as False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -85,7 +103,7 @@ def build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!r}; valid keys{' of ' + where if where else ''}: {', '.join(names)}"
+            f"unknown key {prefix}{unknown[0]}; valid keys{' of ' + where if where else ''}: {', '.join(names)}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     try:
@@ -127,7 +145,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
-    return key.strip(), (yaml.safe_load(raw) if raw.strip() else "")
+    return key.strip(), (_parse_yaml(raw) if raw.strip() else "")
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
@@ -136,13 +154,15 @@ def load(cls: type[T], path: str | Path | None = None, overrides: typing.Iterabl
     if path is not None:
         path = Path(path)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _parse_yaml(path.read_text()) or {}
         except OSError as err:
             raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections, not {type(loaded).__name__}"
+            )
         _merge(tree, loaded)
     for text in overrides:
         key, value = parse_override(text)

@@ -1,0 +1,62 @@
+"""Helpers for the training tests: prepared synthetic data, launch commands, run-directory readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from data_prep.prepare import PrepOptions, prepare
+from data_prep.synth import write_synthetic_csv
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO_ROOT / "tests" / "configs" / "tiny.yaml"
+DUMP_SCRIPT = REPO_ROOT / "tests" / "scripts" / "train_and_dump.py"
+
+
+def prepared_synthetic(directory: Path, rows: int, seed: int = 0) -> Path:
+    """A synthetic FER2013 CSV prepped into Arrow shards under `directory`; returns the dataset dir."""
+    csv = write_synthetic_csv(directory / "synth.csv", rows=rows, seed=seed)
+    prepare(csv, directory / "prepared", PrepOptions(progress=False))
+    return directory / "prepared"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_env() -> dict[str, str]:
+    """Single-threaded BLAS/OpenMP: bitwise-repeatable CPU runs and no oversubscription with 2 processes."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def train_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "emotionnet.train", "--config", str(TINY_CONFIG), *args]
+
+
+def accelerate_command(accelerate_config: str, num_processes: int, *script_args: str) -> list[str]:
+    """`accelerate launch` of the dump script (trains, then saves per-rank parameters and facts)."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO_ROOT / "configs" / "accelerate" / accelerate_config),
+        "--num_processes", str(num_processes),
+        "--main_process_port", str(free_port()),
+        str(DUMP_SCRIPT), "--config", str(TINY_CONFIG), *script_args,
+    ]  # fmt: skip
+
+
+def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=train_env())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "train"]
