@@ -27,6 +27,7 @@ from emotionnet.callbacks import TrainerCallback
 from emotionnet.config import TrainConfig
 from emotionnet.dataset_source import DataSourceError, resolve_data_dir
 from emotionnet.run_dir import RunDirError, resolve_run
+from emotionnet.tracking import build_trackers
 from emotionnet.trainer import EXIT_PREEMPTED, NonFiniteLossError, Trainer, build_accelerator
 
 EXIT_BAD_INPUT = 2
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     for flag, (key, kind) in LEGACY_FLAGS.items():
         parser.add_argument(f"--{flag}", type=kind, help=f"same as {key}=...")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = [
         f"{key}={getattr(args, flag)}"
         for flag, (key, _) in LEGACY_FLAGS.items()
@@ -131,7 +132,7 @@ def run(argv: list[str] | None = None) -> tuple[int, Trainer | None]:
 
 def build_callbacks(cfg: TrainConfig) -> list[TrainerCallback]:
     """Trackers and other observers of the run (main process only)."""
-    return []
+    return build_trackers(cfg)
 
 
 def train_and_test(trainer: Trainer) -> int:

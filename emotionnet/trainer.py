@@ -149,6 +149,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(run_dir, accelerator, cfg.checkpoint.keep_last)
         self.preprocessing = Preprocessing(input_size=cfg.model.input_size)
         self.stop = StopRequest()
+        self._last_checkpoint_step = -1
         # Audit trail of which rows each rank consumed (off by default: it writes on every step).
         self.sample_log = (
             MetricsLog(run_dir / "samples" / f"rank{accelerator.process_index}.jsonl")
@@ -262,15 +263,21 @@ class Trainer:
 
     def fit(self) -> int:
         """Train to the end (returns 0) or until a stop signal (checkpoints, returns EXIT_PREEMPTED)."""
-        acc, cfg, p = self.accelerator, self.cfg, self.progress
         bar = tqdm(
             total=self.total_steps,
-            initial=p.step,
-            disable=not acc.is_main_process,
+            initial=self.progress.step,
+            disable=not self.accelerator.is_main_process,
             desc="train",
             dynamic_ncols=True,
             unit="step",
         )
+        try:
+            return self._fit(bar)
+        finally:
+            bar.close()  # before any error message, so it starts on a line of its own
+
+    def _fit(self, bar: tqdm) -> int:
+        acc, cfg, p = self.accelerator, self.cfg, self.progress
         for callback in self.callbacks:
             callback.on_start(self)
         window = _Window(acc.device)
@@ -306,14 +313,15 @@ class Trainer:
                 )
                 if grad_norm is not None:
                     window.grad_norm = grad_norm
-                if p.step % SYNC_EVERY_STEPS == 0 or p.step % cfg.run.log_every_steps == 0:
-                    self._raise_on_nonfinite(nonfinite_at)
-                    if self._agreed_stop():
-                        return self._preempt(bar)
+                sync_point = p.step % SYNC_EVERY_STEPS == 0 or p.step % cfg.run.log_every_steps == 0
+                if sync_point:
+                    self._raise_on_nonfinite(nonfinite_at)  # before anything is logged or saved
                 if p.step % cfg.run.log_every_steps == 0:
                     self._log_train(window, bar)
                 if p.step % cfg.checkpoint.every_steps == 0:
-                    self.checkpoints.save(p.step, protect=p.best_step)
+                    self._save_checkpoint()
+                if sync_point and self._agreed_stop():
+                    return self._preempt()
                 if p.step >= self.total_steps:
                     epoch_finished = p.batches_in_epoch >= len(self.train_loader)
                     break
@@ -322,10 +330,9 @@ class Trainer:
             if epoch_finished:
                 p.epoch += 1
                 p.batches_in_epoch = 0
-            self.checkpoints.save(p.step, protect=p.best_step)
+            self._save_checkpoint()
             if self._agreed_stop():
-                return self._preempt(bar)
-        bar.close()
+                return self._preempt()
         return 0
 
     def finish(self, tta: str) -> EvalResult | None:
@@ -391,9 +398,15 @@ class Trainer:
                 f"loss became NaN/Inf at step {first}; last good checkpoint: {last_good or 'none saved yet'}"
             )
 
-    def _preempt(self, bar: tqdm) -> int:
-        bar.close()
-        path = self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
+    def _save_checkpoint(self) -> Path:
+        self._last_checkpoint_step = self.progress.step
+        return self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
+
+    def _preempt(self) -> int:
+        if self._last_checkpoint_step == self.progress.step:
+            path = self.checkpoints.path(self.progress.step)
+        else:
+            path = self._save_checkpoint()
         if self.accelerator.is_main_process:
             log.warning(
                 "stop signal received: checkpoint %s saved; exiting with code %d", path, EXIT_PREEMPTED
