@@ -24,7 +24,6 @@ from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedType,
     InitProcessGroupKwargs,
-    ProjectConfiguration,
     set_seed,
 )
 from tqdm.auto import tqdm
@@ -111,20 +110,24 @@ class StopRequest:
         return self.signum is not None
 
 
-def build_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerator:
+def build_accelerator(cfg: TrainConfig) -> Accelerator:
     mixed_precision = (
         None if cfg.run.mixed_precision is None else cfg.run.mixed_precision.replace("off", "no")
     )
-    # Without an explicit gloo backend, DeepSpeed on CPU silently runs every process alone. A single
-    # process must not get one (Accelerate would then expect an initialized process group).
-    launched_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    backend = "gloo" if launched_distributed and not torch.cuda.is_available() else None
+    # Several processes and no GPU: gloo, or Accelerate would run each DeepSpeed process alone and
+    # treat torchrun-launched CPU processes as undistributed (no gradient sync). `cpu=True` selects
+    # MULTI_CPU (DDP over gloo) but would also switch DeepSpeed off, so DeepSpeed keeps cpu=False.
+    cpu_multiprocess = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    uses_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     return Accelerator(
+        cpu=cpu_multiprocess and not uses_deepspeed,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum_steps,
-        project_config=ProjectConfiguration(project_dir=str(run_dir) if run_dir else None),
         kwargs_handlers=[
-            InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=cfg.run.dist_timeout_s))
+            InitProcessGroupKwargs(
+                backend="gloo" if cpu_multiprocess else None,
+                timeout=timedelta(seconds=cfg.run.dist_timeout_s),
+            )
         ],
         # A seeded sampler makes the epoch's order a function of (seed, epoch): exact mid-epoch resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.run.seed),

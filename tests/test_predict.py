@@ -1,0 +1,126 @@
+"""`emotionnet-predict`: a face found in a real photo, 48x48 crops without detection, no-face images,
+annotated output and bad paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from matplotlib import cbook
+
+from data_prep.schema import CLASS_NAMES
+from data_prep.synth import render_faces
+from emotionnet.inference import Ensemble
+from emotionnet.predict import main
+from tests.test_evaluate import make_export, one_torch_thread  # noqa: F401 (an autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return make_export(tmp_path_factory.mktemp("predict") / "best", 0)
+
+
+@pytest.fixture(scope="module")
+def photo() -> Path:
+    """Grace Hopper's portrait (512x600, one frontal face), shipped in matplotlib's sample data."""
+    try:
+        return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    except (OSError, ValueError):
+        pytest.skip("matplotlib's sample data (grace_hopper.jpg) is not installed")
+
+
+@pytest.fixture
+def crop(tmp_path) -> Path:
+    """A synthetic 48x48 FER-style face (class happy)."""
+    path = tmp_path / "crop.png"
+    assert cv2.imwrite(str(path), render_faces(np.array([3]), np.random.default_rng(0))[0])
+    return path
+
+
+@pytest.fixture
+def no_face(tmp_path) -> Path:
+    path = tmp_path / "gradient.png"
+    assert cv2.imwrite(str(path), np.tile(np.linspace(0, 255, 320).astype(np.uint8), (240, 1)))
+    return path
+
+
+def predict_json(capsys, *args) -> dict:
+    code = main([*map(str, args), "--json", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_finds_the_face_in_a_photo(capsys, model, photo):
+    (image,) = predict_json(capsys, "--model", model, photo)["images"]
+    assert image["path"] == str(photo) and image["error"] is None
+    (face,) = image["faces"]
+    assert face["detected"] is True
+    x, y, w, h = face["box"]
+    # The face is in the upper middle of the portrait, about 230 px wide.
+    assert abs(x + w / 2 - 265) < 50 and abs(y + h / 2 - 215) < 50 and 150 < w < 320
+    probs = face["probabilities"]
+    assert list(probs) == list(CLASS_NAMES)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert face["label"] == max(probs, key=probs.get)
+
+
+def test_48px_crop_is_classified_whole(capsys, model, crop):
+    (image,) = predict_json(capsys, "--model", model, crop)["images"]
+    (face,) = image["faces"]
+    assert face["detected"] is False and face["box"] == [0, 0, 48, 48]
+    # Exactly the model's output for the crop itself: no detection, no resizing.
+    pixels = torch.from_numpy(cv2.imread(str(crop), cv2.IMREAD_GRAYSCALE))[None]
+    expected = Ensemble.load([str(model)], torch.device("cpu")).predict_proba(pixels)[0]
+    assert list(face["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_no_face_is_reported(capsys, model, no_face):
+    assert predict_json(capsys, "--model", model, no_face)["images"][0]["faces"] == []
+    assert main(["--model", str(model), str(no_face), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == f"{no_face}: no face found"
+
+
+def test_no_detect_takes_the_whole_image(capsys, model, no_face):
+    (face,) = predict_json(capsys, "--model", model, no_face, "--no-detect")["images"][0]["faces"]
+    assert face["detected"] is False and face["box"] == [0, 0, 320, 240]
+
+
+def test_folder_annotations_and_unreadable_files(capsys, tmp_path, model, photo, crop, no_face):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "portrait.jpg").write_bytes(photo.read_bytes())
+    crop.rename(folder / "crop.png")
+    no_face.rename(folder / "gradient.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("not an image either, and not an image name")
+    out = tmp_path / "annotated"
+
+    code = main(["--model", str(model), str(folder), "--annotate", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 1  # one file could not be read; the others were still classified
+    assert f"{folder / 'broken.jpg'}: error: not an image OpenCV can read" in text
+    assert f"{folder / 'gradient.png'}: no face found" in text
+    assert f"{folder / 'sub' / 'portrait.jpg'}: face 1 (x=" in text
+    assert f"{folder / 'crop.png'}: face 1 (whole image)" in text
+    assert "notes.txt" not in text
+
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["crop_annotated.png", "gradient_annotated.png", "portrait_annotated.png"]
+    portrait = cv2.imread(str(out / "portrait_annotated.png"))
+    assert portrait.shape == cv2.imread(str(photo)).shape
+    assert not np.array_equal(portrait, cv2.imread(str(photo)))  # the box was drawn
+    assert cv2.imread(str(out / "crop_annotated.png")).shape[:2] == (256, 256)  # enlarged to be legible
+
+
+def test_bad_paths_are_one_sentence(capsys, tmp_path, model):
+    assert main(["--model", str(model), str(tmp_path / "missing.jpg")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"emotionnet-predict: error: {tmp_path / 'missing.jpg'}: no such file or folder"
+    (tmp_path / "empty").mkdir()
+    assert main(["--model", str(model), str(tmp_path / "empty")]) == 1
+    assert "the folder holds no images" in capsys.readouterr().err
