@@ -1,7 +1,7 @@
 """Test launcher target: train like `emotionnet-train`, then record what each rank ended with.
 
 Writes `<run_dir>/rank<r>.json` (world size, distributed type, exit code, parameter checksum) and
-`<run_dir>/params_rank<r>.pt`. With EMOTIONNET_TEST_FAIL_RANK=<r>, that rank raises at its third
+`<run_dir>/params_rank<r>.pt` (trainable parameters). With EMOTIONNET_TEST_FAIL_RANK=<r>, that rank raises at its third
 training step, to test that a crashing rank brings the whole launch down.
 """
 
@@ -38,7 +38,8 @@ code, trainer = run(sys.argv[1:])
 if trainer is not None:
     acc = trainer.accelerator
     model = acc.unwrap_model(trainer.model)
-    state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    # Parameters only: DeepSpeed (unlike DDP) does not synchronise BatchNorm running statistics.
+    state = {k: v.detach().float().cpu().clone() for k, v in model.named_parameters()}
     torch.save(state, trainer.run_dir / f"params_rank{acc.process_index}.pt")
     facts = {
         "world_size": acc.num_processes,

@@ -1,0 +1,42 @@
+"""Shared pytest fixtures. Keep each fixture small and documented; data is generated, never downloaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.synth import write_synthetic_csv
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FER_CSV = REPO_ROOT.parent / "shared" / "fer2013" / "fer2013_dev.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def synth_csv(tmp_path_factory) -> Path:
+    """A 300-row synthetic FER2013 CSV (seed 0): 240 Training, 30 PublicTest, 30 PrivateTest."""
+    return write_synthetic_csv(tmp_path_factory.mktemp("synth") / "fer_synth.csv", rows=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_csv_gz(tmp_path_factory) -> Path:
+    """The same rows as `synth_csv`, gzip-compressed."""
+    return write_synthetic_csv(tmp_path_factory.mktemp("synth_gz") / "fer_synth.csv.gz", rows=300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def run_prep_cli():
+    """Run `emotionnet-prep` in a fresh interpreter (as a user would); returns the CompletedProcess."""
+
+    def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "data_prep.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO_ROOT,
+        )
+
+    return run
