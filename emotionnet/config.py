@@ -11,6 +11,7 @@ from typing import Literal
 
 from emotionnet.data import DataConfig
 from emotionnet.model import ModelConfig
+from emotionnet.tracking import TrackingConfig
 from emotionnet.transforms import AugmentConfig
 
 
@@ -81,3 +82,4 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -34,12 +34,13 @@ from emotionnet.checkpoint import CheckpointManager
 from emotionnet.config import TrainConfig
 from emotionnet.data import build_dataloader, class_counts, load_splits
 from emotionnet.export import load_export, save_export
+from emotionnet.inference import tta_probabilities
 from emotionnet.metrics import ClassificationReport, confusion_matrix
 from emotionnet.metrics_log import MetricsLog
 from emotionnet.model import EmotionNet
 from emotionnet.optim import build_optimizer, build_scheduler
 from emotionnet.preprocessing import Preprocessing
-from emotionnet.transforms import build_eval_transform, build_train_transform, tta_views
+from emotionnet.transforms import TTAMode, build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +339,7 @@ class Trainer:
                 return self._preempt()
         return 0
 
-    def finish(self, tta: str) -> EvalResult | None:
+    def finish(self, tta: TTAMode) -> EvalResult | None:
         """Export `final/`; evaluate `best/` on the test split when there is one."""
         self.export("final", {"step": self.progress.step, "epoch": self.progress.epoch})
         if "test" not in self.splits:
@@ -450,7 +451,7 @@ class Trainer:
     # ---- evaluation, export, logging -------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, loader, tta: str = "none") -> EvalResult:
+    def evaluate(self, model: torch.nn.Module, loader, tta: TTAMode = "none") -> EvalResult:
         """Loss and metrics over a prepared loader, each sample counted once across processes."""
         acc = self.accelerator
         was_training = model.training
@@ -460,9 +461,7 @@ class Trainer:
         for batch in tqdm(loader, desc="eval", leave=False, disable=not acc.is_main_process):
             images = batch["pixel_values"].to(input_dtype)
             with acc.autocast():
-                views = tta_views(images, tta, self.preprocessing) if tta != "none" else images[None]
-                logits = torch.stack([model(v) for v in views]).float()
-            prob = logits.softmax(-1).mean(0)
+                prob = tta_probabilities(model, images, tta, self.preprocessing)
             loss = F.nll_loss(prob.clamp(min=1e-12).log(), batch["labels"], reduction="none")
             gathered = acc.gather_for_metrics((loss, prob, batch["labels"], batch["row_id"]))
             for store, value in zip((losses, probs, labels, row_ids), gathered, strict=True):

@@ -15,6 +15,10 @@ from data_prep.synth import write_synthetic_csv
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "tests" / "configs" / "tiny.yaml"
 DUMP_SCRIPT = REPO_ROOT / "tests" / "scripts" / "train_and_dump.py"
+# No augmentation or label smoothing and a higher learning rate: learning shows within a few hundred steps.
+EASY_OPTIMIZATION = ("optim.lr=1e-3", "loss.label_smoothing=0", "augment.rotation_degrees=0",
+                     "augment.affine_translate=0", "augment.affine_shear=0", "augment.affine_scale=null",
+                     "augment.erasing_p=0")  # fmt: skip
 
 
 def prepared_synthetic(directory: Path, rows: int, seed: int = 0) -> Path:
