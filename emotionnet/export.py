@@ -47,11 +47,15 @@ def save_export(
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    tensors = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
-               for k, v in state_dict.items()}
+    tensors = {
+        k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in state_dict.items()
+    }
     save_file(tensors, tmp / WEIGHTS_NAME)
     # The weights are in the export: rebuilding it must not look for pretrained backbone files.
-    description = ExportDescription(replace(model_config, pretrained=None), preprocessing, metadata=metadata or {})
+    description = ExportDescription(
+        replace(model_config, pretrained=None), preprocessing, metadata=metadata or {}
+    )
     (tmp / DESCRIPTION_NAME).write_text(json.dumps(asdict(description), indent=2) + "\n")
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old")
@@ -74,7 +78,9 @@ def read_description(directory: str | Path) -> ExportDescription:
         raise ValueError(f"{path}: {err}") from err
 
 
-def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tuple[EmotionNet, ExportDescription]:
+def load_export(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[EmotionNet, ExportDescription]:
     """The exported model in eval mode (float32) and its description."""
     description = read_description(directory)
     model = EmotionNet(description.model)

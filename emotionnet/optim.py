@@ -26,10 +26,14 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int) -> LRScheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int
+) -> LRScheduler:
     """Linear warm-up for `warmup_steps`, then CosineAnnealingWarmRestarts stepped per optimizer step."""
     cycle_steps = max(1, round(cfg.cycle_epochs * steps_per_epoch))
-    cosine = CosineAnnealingWarmRestarts(optimizer, T_0=cycle_steps, T_mult=cfg.cycle_mult, eta_min=cfg.min_lr)
+    cosine = CosineAnnealingWarmRestarts(
+        optimizer, T_0=cycle_steps, T_mult=cfg.cycle_mult, eta_min=cfg.min_lr
+    )
     if cfg.warmup_steps <= 0:
         return cosine
     warmup = LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=cfg.warmup_steps)

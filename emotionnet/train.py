@@ -26,6 +26,7 @@ from emotionnet import config_loader
 from emotionnet.callbacks import TrainerCallback
 from emotionnet.config import TrainConfig
 from emotionnet.dataset_source import DataSourceError, resolve_data_dir
+from emotionnet.redact import redact_tree
 from emotionnet.run_dir import RunDirError, resolve_run
 from emotionnet.tracking import build_trackers
 from emotionnet.trainer import EXIT_PREEMPTED, NonFiniteLossError, Trainer, build_accelerator
@@ -110,7 +111,8 @@ def run(argv: list[str] | None = None) -> tuple[int, Trainer | None]:
     cfg.run.run_name = run.name
     if accelerator.is_main_process:
         run.path.mkdir(parents=True, exist_ok=True)
-        (run.path / "config.yaml").write_text(yaml.safe_dump(config_loader.to_dict(cfg), sort_keys=False))
+        resolved = redact_tree(config_loader.to_dict(cfg))  # no credentials on disk (e.g. in tracking.uri)
+        (run.path / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     try:
         trainer = Trainer(cfg, accelerator, run.path, callbacks=build_callbacks(cfg))
     except (ValueError, FileNotFoundError) as err:

@@ -169,6 +169,10 @@ class Trainer:
         set_seed(cfg.run.seed, device_specific=True)
         if cfg.run.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.mixed_precision != "no":
+            # DeepSpeed trains in bf16/fp16 weights. ZeRO-2 casts the whole module, ZeRO-3 only the
+            # parameters: cast buffers (BatchNorm statistics) too, or CPU batch_norm rejects the mix.
+            model = model.to(torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
 
         splits = load_splits(cfg.data.data_dir)
         if "train" not in splits or "validation" not in splits:
