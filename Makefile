@@ -1,5 +1,5 @@
 # Targets match the README. `make demo` and `make test` work on a fresh clone (Python 3.11 + pip).
-PYTHON ?= python3.11
+PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt

@@ -164,3 +164,18 @@ def test_cli_runs_as_module_and_console_script_identically():
     help_script = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert help_module.returncode == help_script.returncode == 0
     assert help_module.stdout == help_script.stdout
+
+
+def test_seed_csv_flag_preps_once_into_a_sha256_cache(tmp_path, synth_csv):
+    cache = tmp_path / "cache"
+    args = ("--csv_file", str(synth_csv), f"data.prep_cache_dir={cache}", f"run.output_dir={tmp_path}",
+            "run.max_steps=2", "tracking.enabled=false")  # fmt: skip
+    first = run(train_command(*args, "--run_name", "a"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    (entry,) = cache.iterdir()
+    assert json.loads((entry / "manifest.json").read_text())["source"]["sha256"].startswith(entry.name)
+    shard_times = {p: p.stat().st_mtime_ns for p in entry.rglob("*.arrow")}
+    second = run(train_command(*args, "--run_name", "b"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "using prepared cache" in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in entry.rglob("*.arrow")} == shard_times  # reused, not rewritten
