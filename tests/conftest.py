@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,22 @@ from data_prep.synth import write_synthetic_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FER_CSV = REPO_ROOT.parent / "shared" / "fer2013" / "fer2013_dev.csv.gz"
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_tracking_uri():
+    """`mlflow.set_tracking_uri` (called by in-process training) also sets MLFLOW_TRACKING_URI in
+    os.environ: restore both after each test, or later tests talk to a server that is gone."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        utils._tracking_uri = saved  # MLflow's module-level default, reset the only way it offers
 
 
 @pytest.fixture(scope="session")
