@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks.report import cpu_model, write_section
 from data_prep.prepare import prepare
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES
 from data_prep.synth import write_synthetic_csv
@@ -39,7 +39,6 @@ TARGET_RATIO = 5.0
 # H100, where kernel-launch overhead dominates. Not measured here (no GPU); replace with the GPU benchmark.
 GPU_STEP_MS = (2.0, 4.0)
 SECTION = "## Input pipeline (issue 4)"
-DOC_TITLE = "# Benchmarks"
 
 
 @dataclass
@@ -104,15 +103,6 @@ def training_rate(steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def report(args, rows: list[Row], train_rate: float | None, source: str) -> str:
     # The single-worker row is one dedicated process doing all the work: the fairest per-worker figure.
     train_rows = [r for r in rows if r.name == "train"]
@@ -156,23 +146,6 @@ def report(args, rows: list[Row], train_rate: float | None, source: str) -> str:
         "CPU core per worker; per-worker rates on a busy 2-core machine understate a dedicated core."
     )
     return "\n".join(lines) + "\n"
-
-
-def write_section(doc: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section, leaving the rest of the file as it is."""
-    text = doc.read_text() if doc.exists() else f"{DOC_TITLE}\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(doc)
 
 
 def main(argv: list[str] | None = None) -> int:

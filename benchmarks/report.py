@@ -1,0 +1,36 @@
+"""What every benchmark shares: the machine description and writing its own section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+DOC_TITLE = "# Benchmarks"
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def write_section(doc: Path, section: str) -> None:
+    """Replace (or append) the section headed by `section`'s first line, leaving the rest of the file."""
+    text = doc.read_text() if doc.exists() else f"{DOC_TITLE}\n"
+    lines = text.splitlines(keepends=True)
+    heading = section.splitlines()[0].strip()
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(doc)
