@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.report import cpu_model, write_section
+from benchmarks.report import cpu_model, publish
 from data_prep.prepare import prepare
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES
 from data_prep.synth import write_synthetic_csv
@@ -182,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     train_rate = None if args.skip_model else training_rate(args.steps)
 
     section = report(sys.argv[1:] if argv is None else argv, rows, train_rate, source)
-    print(section)
-    if args.doc:
-        write_section(Path(args.doc), section)
-        print(f"updated {args.doc}")
+    publish(section, args.doc)
     return 0
 
 

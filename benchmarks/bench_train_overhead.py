@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import cpu_model, write_section
+from benchmarks.report import cpu_model, publish
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.synth import write_synthetic_csv
 from emotionnet import config_loader
@@ -335,10 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         ["python -m benchmarks.bench_train_overhead", *(sys.argv[1:] if argv is None else argv)]
     )
     section = report(command, results, args.threads, args.warmup, (load_start, os.getloadavg()[0]))
-    print(section)
-    if args.doc:
-        write_section(Path(args.doc), section)
-        print(f"updated {args.doc}")
+    publish(section, args.doc)
     return 0
 
 

@@ -34,3 +34,11 @@ def write_section(doc: Path, section: str) -> None:
     tmp = doc.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(doc)
+
+
+def publish(section: str, doc: str | None) -> None:
+    """Print the section and, unless `doc` is empty, write it into that markdown file."""
+    print(section)
+    if doc:
+        write_section(Path(doc), section)
+        print(f"updated {doc}")
