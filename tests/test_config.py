@@ -16,7 +16,12 @@ from tests.training_utils import REPO_ROOT, TINY_CONFIG
 
 def test_defaults_match_the_seed_command():
     cfg = TrainConfig()
-    assert (cfg.data.batch_size, cfg.run.num_epochs, cfg.optim.lr, cfg.optim.weight_decay) == (8, 30, 1e-4, 1e-5)
+    assert (cfg.data.batch_size, cfg.run.num_epochs, cfg.optim.lr, cfg.optim.weight_decay) == (
+        8,
+        30,
+        1e-4,
+        1e-5,
+    )
     assert (cfg.data.num_workers, cfg.run.output_dir, cfg.run.seed, cfg.data.data_dir) == (
         4, "outputs", 42, "dataset/fer2013")  # fmt: skip
 

@@ -65,7 +65,9 @@ def test_ddp_two_processes_split_each_epoch_and_agree(tmp_path, data_dir):
     assert {f["distributed"] for f in _facts(run_dir, 2)} == {"ddp"}
     _assert_same_parameters_on_all_ranks(run_dir, 2)
 
-    seen = [[i for r in read_jsonl(run_dir / "samples" / f"rank{k}.jsonl") for i in r["row_ids"]] for k in (0, 1)]
+    seen = [
+        [i for r in read_jsonl(run_dir / "samples" / f"rank{k}.jsonl") for i in r["row_ids"]] for k in (0, 1)
+    ]
     assert not set(seen[0]) & set(seen[1]), "the two ranks saw a common sample"
     train_rows = datasets.load_from_disk(str(data_dir))["train"]["row_id"]
     assert sorted(seen[0] + seen[1]) == sorted(train_rows)
@@ -96,7 +98,9 @@ def test_deepspeed_zero2_two_processes_learns_saves_and_resumes(tmp_path, small_
     assert {f["distributed"] for f in _facts(run_dir, 2)} == {"deepspeed-zero2"}
     _assert_same_parameters_on_all_ranks(run_dir, 2)
 
-    resumed = run(accelerate_command("deepspeed_zero2.yaml", 2, *common, "run.max_steps=90", "--resume", "latest"))
+    resumed = run(
+        accelerate_command("deepspeed_zero2.yaml", 2, *common, "run.max_steps=90", "--resume", "latest")
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert train_steps(run_dir) == [15, 30, 45, 60, 75, 90]
     assert (run_dir / "checkpoints" / "step_00000090").is_dir()

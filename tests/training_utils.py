@@ -55,7 +55,9 @@ def accelerate_command(accelerate_config: str, num_processes: int, *script_args:
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=train_env())
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=train_env()
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
