@@ -38,13 +38,3 @@ def build_scheduler(
         return cosine
     warmup = LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=cfg.warmup_steps)
     return SequentialLR(optimizer, [warmup, cosine], milestones=[cfg.warmup_steps])
-
-
-def cycle_end_steps(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> list[int]:
-    """Optimizer steps at which a cosine cycle ends (the learning rate is at its minimum)."""
-    ends, length, step = [], max(1, round(cfg.cycle_epochs * steps_per_epoch)), max(cfg.warmup_steps, 0)
-    while step + length <= total_steps:
-        step += length
-        ends.append(step)
-        length *= cfg.cycle_mult
-    return ends
