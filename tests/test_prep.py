@@ -131,13 +131,18 @@ def test_deterministic_and_independent_of_read_block_size(synth_csv, tmp_path):
     assert one == file_hashes(tmp_path / "small_blocks", skip=(MANIFEST_NAME,))
 
 
+def assert_same_rows(dir_a: Path, dir_b: Path) -> None:
+    a, b = load_numpy(dir_a), load_numpy(dir_b)
+    assert a.keys() == b.keys()
+    for split in a:
+        for column in ("image", "label", "row_id"):
+            assert np.array_equal(a[split][column], b[split][column])
+
+
 def test_plain_and_gzip_inputs_give_the_same_rows(synth_csv, synth_csv_gz, tmp_path):
     prepare(synth_csv, tmp_path / "plain", QUIET)
     prepare(synth_csv_gz, tmp_path / "gz", QUIET)
-    plain, gz = load_numpy(tmp_path / "plain"), load_numpy(tmp_path / "gz")
-    for split in plain:
-        for column in ("image", "label", "row_id"):
-            assert np.array_equal(plain[split][column], gz[split][column])
+    assert_same_rows(tmp_path / "plain", tmp_path / "gz")
 
 
 def test_csv_without_a_split_yields_no_such_split(synth_csv, tmp_path):
@@ -155,10 +160,7 @@ def test_column_order_quotes_and_crlf_do_not_matter(synth_csv, tmp_path):
     frame.to_csv(variant, index=False, quoting=1, lineterminator="\r\n")  # QUOTE_ALL
     prepare(synth_csv, tmp_path / "original", QUIET)
     prepare(variant, tmp_path / "variant", QUIET)
-    original, reordered = load_numpy(tmp_path / "original"), load_numpy(tmp_path / "variant")
-    for split in original:
-        for column in ("image", "label", "row_id"):
-            assert np.array_equal(original[split][column], reordered[split][column])
+    assert_same_rows(tmp_path / "original", tmp_path / "variant")
 
 
 def build_image_folder(csv_path: Path, root: Path) -> Path:
