@@ -26,6 +26,8 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global L2 norm; 0 disables clipping
     grad_accum_steps: int = 1
+    # Exponential moving average of the weights, used for validation, exports and snapshots; 0 = off.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -36,6 +38,9 @@ class ScheduleConfig:
     cycle_epochs: float = 10.0  # length of the first cosine cycle, in epochs
     cycle_mult: int = 1  # each cycle is this many times longer than the previous one
     min_lr: float = 1e-6
+    # Keep the weights at the end of every cosine cycle (snapshots/cycle_<k>/) and evaluate them as an
+    # ensemble at the end of training (Huang et al. 2017, "Snapshot ensembles: train 1, get M for free").
+    snapshot_ensemble: bool = False
 
 
 @dataclass

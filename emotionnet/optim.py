@@ -38,3 +38,14 @@ def build_scheduler(
         return cosine
     warmup = LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=cfg.warmup_steps)
     return SequentialLR(optimizer, [warmup, cosine], milestones=[cfg.warmup_steps])
+
+
+def cycle_end_steps(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> list[int]:
+    """Optimizer steps at which a cosine cycle reaches `min_lr` (warm-up excluded), up to `total_steps`."""
+    cycle_steps = max(1, round(cfg.cycle_epochs * steps_per_epoch))
+    ends, end = [], max(cfg.warmup_steps, 0)
+    while end + cycle_steps <= total_steps:
+        end += cycle_steps
+        ends.append(end)
+        cycle_steps *= cfg.cycle_mult
+    return ends

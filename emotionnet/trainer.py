@@ -33,14 +33,15 @@ from emotionnet.callbacks import TrainerCallback
 from emotionnet.checkpoint import CheckpointManager
 from emotionnet.config import TrainConfig
 from emotionnet.data import build_dataloader, class_counts, load_splits
+from emotionnet.ema import WeightEMA
 from emotionnet.export import load_export, save_export
-from emotionnet.inference import tta_probabilities
+from emotionnet.inference import ProbabilityAverage, tta_probabilities
 from emotionnet.metrics import ClassificationReport, confusion_matrix
 from emotionnet.metrics_log import MetricsLog
 from emotionnet.model import EmotionNet
-from emotionnet.optim import build_optimizer, build_scheduler
+from emotionnet.optim import build_optimizer, build_scheduler, cycle_end_steps
 from emotionnet.preprocessing import Preprocessing
-from emotionnet.transforms import TTAMode, build_eval_transform, build_train_transform
+from emotionnet.transforms import TTAMode, build_batch_mixing, build_eval_transform, build_train_transform
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ EXIT_PREEMPTED = 75
 # How often (in optimizer steps) ranks agree on stop requests and non-finite losses. Checking costs a
 # host sync and a collective, so it is not done on every step.
 SYNC_EVERY_STEPS = 10
+# End-of-cycle exports for the snapshot ensemble: <run_dir>/snapshots/cycle_<k>/.
+SNAPSHOTS_DIR = "snapshots"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -211,6 +214,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.run.num_epochs
         if cfg.run.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
+        self.ema = self._build_ema()
+        self.batch_mixing = build_batch_mixing(cfg.augment, cfg.model.num_classes)
+        self.snapshot_steps = self._snapshot_steps()
         # DeepSpeed keeps bf16/fp16 weights: inputs must match them. Otherwise autocast handles precision.
         self.input_dtype = (
             next(self.model.parameters()).dtype
@@ -230,6 +236,38 @@ class Trainer:
             cfg=self.cfg.data,
             seed=self.cfg.run.seed,
         )
+
+    def _build_ema(self) -> WeightEMA | None:
+        if self.cfg.optim.ema_decay == 0:
+            return None
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError(
+                "optim.ema_decay is not supported with DeepSpeed (ZeRO shards the weights it would "
+                "average); use DDP or set optim.ema_decay=0"
+            )
+        ema = WeightEMA(self.accelerator.unwrap_model(self.model), self.cfg.optim.ema_decay)
+        self.accelerator.register_for_checkpointing(ema.averaged)
+        return ema
+
+    def _snapshot_steps(self) -> list[int]:
+        if not self.cfg.schedule.snapshot_ensemble:
+            return []
+        steps = cycle_end_steps(self.cfg.schedule, self.steps_per_epoch, self.total_steps)
+        if not steps and self.accelerator.is_main_process:
+            log.warning(
+                "schedule.snapshot_ensemble is on but no cosine cycle ends within the run's %d steps "
+                "(warm-up %d + cycle_epochs %s x %d steps): no snapshots will be kept",
+                self.total_steps,
+                self.cfg.schedule.warmup_steps,
+                self.cfg.schedule.cycle_epochs,
+                self.steps_per_epoch,
+            )
+        return steps
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation, exports and snapshots use: the EMA weights when kept, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _class_weights(self) -> torch.Tensor | None:
         if self.cfg.loss.class_weights == "none":
@@ -326,6 +364,8 @@ class Trainer:
                     self._raise_on_nonfinite(nonfinite_at)  # before anything is logged or saved
                 if p.step % cfg.run.log_every_steps == 0:
                     self._log_train(window, bar)
+                if p.step in self.snapshot_steps:
+                    self._save_snapshot()
                 if p.step % cfg.checkpoint.every_steps == 0:
                     self._save_checkpoint()
                 if sync_point and self._agreed_stop():
@@ -344,17 +384,36 @@ class Trainer:
         return 0
 
     def finish(self, tta: TTAMode) -> EvalResult | None:
-        """Export `final/`; evaluate `best/` on the test split when there is one."""
+        """Export `final/`; evaluate the snapshot ensemble, and `best/` on the test split when there is one."""
         self.export("final", {"step": self.progress.step, "epoch": self.progress.epoch})
+        snapshots = self.snapshot_dirs()
+        if snapshots:
+            ensemble = ProbabilityAverage([load_export(d, self.accelerator.device)[0] for d in snapshots])
+            self._evaluate_and_log(ensemble, "validation", "snapshots_validation", tta)
+            if "test" in self.splits:
+                self._evaluate_and_log(ensemble, "test", "snapshots_test", tta)
         if "test" not in self.splits:
             return None
         model, _ = load_export(self.run_dir / "best", device=self.accelerator.device)
-        loader = self.accelerator.prepare_data_loader(self._eval_loader(self.splits["test"]))
+        return self._evaluate_and_log(model, "test", "test", tta)
+
+    def _evaluate_and_log(self, model: torch.nn.Module, split: str, name: str, tta: TTAMode) -> EvalResult:
+        loader = self.accelerator.prepare_data_loader(self._eval_loader(self.splits[split]))
         result = self.evaluate(model, loader, tta=tta)
-        self.log(result.metrics("test"), split="test")
+        self.log(result.metrics(name), split=name)
         for callback in self.callbacks:
-            callback.on_evaluation(self, "test", result)
+            callback.on_evaluation(self, name, result)
         return result
+
+    def snapshot_dirs(self) -> list[Path]:
+        """The kept end-of-cycle exports, in cycle order."""
+        found = (self.run_dir / SNAPSHOTS_DIR).glob("cycle_*")
+        return sorted((d for d in found if d.is_dir()), key=lambda d: int(d.name.removeprefix("cycle_")))
+
+    def _save_snapshot(self) -> None:
+        cycle = self.snapshot_steps.index(self.progress.step) + 1
+        metadata = {"step": self.progress.step, "epoch": self.progress.epoch, "cycle": cycle}
+        self.export(f"{SNAPSHOTS_DIR}/cycle_{cycle}", metadata)
 
     def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
         """One micro-batch: forward, backward, and (on the last micro-step) clip + optimizer step.
@@ -366,12 +425,15 @@ class Trainer:
         images = batch["pixel_values"].to(self.input_dtype)
         if self.cfg.run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        targets = batch["labels"]
+        if self.batch_mixing is not None:
+            images, targets = self.batch_mixing(images, targets)  # soft targets (B, K)
         grad_norm = None
         with acc.accumulate(self.model):
             logits = self.model(images)
             loss = F.cross_entropy(
                 logits.float(),
-                batch["labels"],
+                targets,
                 weight=self.class_weights,
                 label_smoothing=self.cfg.loss.label_smoothing,
             )
@@ -384,6 +446,8 @@ class Trainer:
                 if acc.optimizer_step_was_skipped:
                     self.progress.skipped_steps += 1
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(acc.unwrap_model(self.model))
         return loss, grad_norm, acc.sync_gradients
 
     def _clip_gradients(self) -> torch.Tensor | None:
@@ -435,7 +499,7 @@ class Trainer:
 
     def _end_of_epoch(self) -> None:
         p = self.progress
-        result = self.evaluate(self.model, self.val_loader)
+        result = self.evaluate(self.eval_model, self.val_loader)
         self.log(result.metrics("validation"), split="validation")
         for callback in self.callbacks:
             callback.on_evaluation(self, "validation", result)
@@ -478,7 +542,10 @@ class Trainer:
 
     def export(self, name: str, metadata: dict) -> Path:
         """Write `<run_dir>/<name>/` (safetensors + description); gathers ZeRO-3 shards on all ranks."""
-        state = self.accelerator.get_state_dict(self.model)
+        if self.ema is not None:
+            state = self.ema.module.state_dict()
+        else:
+            state = self.accelerator.get_state_dict(self.model)
         path = self.run_dir / name
         if self.accelerator.is_main_process:
             state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}

@@ -39,6 +39,9 @@ class AugmentConfig:
     erasing_p: float = 0.25  # applied last, on the normalized image (erased pixels become the mean)
     erasing_scale: tuple[float, float] = (0.02, 0.15)  # erased area as a fraction of the image
     random_resized_crop: tuple[float, float] | None = None  # crop area fraction range; None = off
+    # Batch-level mixing (torchvision's MixUp / CutMix, Beta(alpha, alpha)); both > 0: one of them per batch.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         # YAML gives lists; keep tuples so configs compare and hash consistently.
@@ -49,7 +52,15 @@ class AugmentConfig:
         for name in ("hflip_p", "erasing_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment.{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        for name in ("rotation_degrees", "brightness", "contrast", "affine_translate", "affine_shear"):
+        for name in (
+            "rotation_degrees",
+            "brightness",
+            "contrast",
+            "affine_translate",
+            "affine_shear",
+            "mixup_alpha",
+            "cutmix_alpha",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
         if self.affine_translate > 1:
@@ -169,6 +180,18 @@ def build_train_transform(aug: AugmentConfig, pre: Preprocessing) -> FaceTransfo
         augment.append(v2.ColorJitter(brightness=aug.brightness or None, contrast=aug.contrast or None))
     after = [v2.RandomErasing(p=aug.erasing_p, scale=aug.erasing_scale, value=0)] if aug.erasing_p > 0 else []
     return FaceTransform(pre, augment, after)
+
+
+def build_batch_mixing(aug: AugmentConfig, num_classes: int) -> v2.Transform | None:
+    """(images, int labels) -> (mixed images, soft labels (B, K)); None when mixing is off."""
+    mixers: list[v2.Transform] = []
+    if aug.mixup_alpha > 0:
+        mixers.append(v2.MixUp(alpha=aug.mixup_alpha, num_classes=num_classes))
+    if aug.cutmix_alpha > 0:
+        mixers.append(v2.CutMix(alpha=aug.cutmix_alpha, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def build_eval_transform(pre: Preprocessing) -> FaceTransform:
