@@ -1,9 +1,11 @@
 """Bundle a run's best model as the project's default model (models/emotionnet-fer2013/).
 
-    python scripts/bundle_model.py outputs/fer2013_cpu/<run> [--out models/emotionnet-fer2013]
+    python scripts/bundle_model.py outputs/fer2013_cpu/<run> --data dataset/fer2013 \
+        --command "emotionnet-launch ..." --confusion-png docs/images/confusion_publictest.png
 
-Writes fp16 safetensors + emotionnet.json (model config, preprocessing, class names) and a MODEL_CARD.md
-with how the run was trained and its validation (PublicTest) figures from the run's own records.
+Writes fp16 safetensors + emotionnet.json (model config, preprocessing, class names) and a MODEL_CARD.md:
+how the run was trained (command, resolved config, wall time) and the bundled fp16 weights' own
+PublicTest (validation split) figures without TTA, with flip and with ten-crop TTA, per class.
 """
 
 from __future__ import annotations
@@ -16,14 +18,29 @@ from pathlib import Path
 import torch
 import yaml
 
+from emotionnet import evaluate
 from emotionnet.export import load_export, save_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TTA_MODES = ("none", "flip", "tencrop")
 
 
-def model_card(run_dir: Path, metadata: dict, config: dict, wall_minutes: float) -> str:
-    per_class = {k.split("accuracy_")[1]: v for k, v in metadata.items() if "/accuracy_" in k}
-    rows = "\n".join(f"| {name} | {acc:.3f} |" for name, acc in per_class.items())
+def evaluate_bundle(bundle: Path, data: Path, confusion_png: Path) -> dict[str, dict]:
+    """emotionnet-eval's summary of the bundle on the validation split, per TTA mode."""
+    summaries = {}
+    for tta in TTA_MODES:
+        args = [str(bundle), str(data), "--split", "validation", "--tta", tta, "--no-progress",
+                "--confusion-png", str(confusion_png)]  # fmt: skip
+        summaries[tta], _, _ = evaluate.run(evaluate.build_parser().parse_args(args))
+    return summaries  # the PNG is left from the last mode: ten-crop
+
+
+def model_card(run_dir: Path, config: dict, command: str, wall_minutes: float, figures: dict) -> str:
+    by_tta = "\n".join(f"| {tta} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} |" for tta, s in figures.items())
+    per_class = "\n".join(
+        f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+        for name, c in figures["tencrop"]["per_class"].items()
+    )
     return f"""# EmotionNet, FER2013 (CPU-budget model)
 
 Facial emotion recognition on 48x48 grayscale faces; classes: angry, disgust, fear, happy, sad,
@@ -31,17 +48,21 @@ surprise, neutral. Weights: `model.safetensors` (fp16); `emotionnet.json` holds 
 the preprocessing (resize to {config["model"]["input_size"]} px, scale to [0, 1], normalize) and the class names.
 
 ## Training
-- Run `{run_dir.name}`, config `{config.get("_source", "configs/train/fer2013_cpu.yaml")}` (resolved config below).
+- Run `{run_dir.name}`: `{command}`
 - Data: FER2013 Training split (28,709 faces), trained from scratch (no ImageNet weights).
 - Selected on PublicTest (validation) accuracy; PrivateTest was never used.
-- Training wall time: {wall_minutes:.0f} minutes on a shared 2-core CPU.
+- Training wall time: {wall_minutes:.0f} minutes on a 2-core CPU.
 
-## PublicTest (validation, 3,589 faces), best checkpoint (step {metadata.get("step")})
-- accuracy {metadata["validation/accuracy"]:.4f}, macro-F1 {metadata["validation/macro_f1"]:.4f}
+## PublicTest (3,589 faces), these fp16 weights
+| test-time augmentation | accuracy | macro-F1 |
+| --- | --- | --- |
+{by_tta}
 
-| class | accuracy (recall) |
-| --- | --- |
-{rows}
+Per class, ten-crop TTA:
+
+| class | precision | recall | F1 | support |
+| --- | --- | --- | --- | --- |
+{per_class}
 
 ## Resolved training config
 ```yaml
@@ -52,7 +73,10 @@ the preprocessing (resize to {config["model"]["input_size"]} px, scale to [0, 1]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--data", type=Path, required=True, help="prepared FER2013 (validation = PublicTest)")
+    parser.add_argument("--command", required=True, help="the training command, for the model card")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "emotionnet-fer2013")
+    parser.add_argument("--confusion-png", type=Path, default=Path("confusion_matrix_publictest.png"))
     args = parser.parse_args(argv)
     model, description = load_export(args.run_dir / "best")
     save_export(args.out, model.state_dict(), description.model, description.preprocessing,
@@ -60,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
     wall_minutes = (records[-1]["time"] - records[0]["time"]) / 60 if records else 0.0
     config = yaml.safe_load((args.run_dir / "config.yaml").read_text())
-    (args.out / "MODEL_CARD.md").write_text(
-        model_card(args.run_dir, description.metadata, config, wall_minutes)
-    )
+    figures = evaluate_bundle(args.out, args.data, args.confusion_png)
+    card = model_card(args.run_dir, config, args.command, wall_minutes, figures)
+    (args.out / "MODEL_CARD.md").write_text(card)
     print(f"bundled {args.run_dir / 'best'} -> {args.out}")
+    for tta, summary in figures.items():
+        print(f"PublicTest, {tta} TTA: accuracy {summary['accuracy']:.4f} macro-F1 {summary['macro_f1']:.4f}")
     return 0
 
 

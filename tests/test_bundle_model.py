@@ -1,0 +1,49 @@
+"""scripts/bundle_model.py: a run's best export -> fp16 bundle + model card, used by eval as the default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from emotionnet.train import run as train_run
+from tests.training_utils import REPO_ROOT, prepared_synthetic
+
+
+def test_bundle_is_fp16_with_a_card_and_is_the_default_model_of_eval(tmp_path):
+    data = prepared_synthetic(tmp_path / "data", rows=300, seed=5)
+    code, _ = train_run([
+        "--config", str(REPO_ROOT / "tests/configs/tiny.yaml"), f"data.data_dir={data}",
+        f"run.output_dir={tmp_path / 'out'}", "--run_name", "r", "run.num_epochs=1", "tracking.enabled=false",
+    ])  # fmt: skip
+    assert code == 0
+    bundle = tmp_path / "bundle"
+    png = tmp_path / "cm.png"
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts/bundle_model.py"), str(tmp_path / "out" / "r"),
+         "--data", str(data), "--command", "emotionnet-train --config tiny.yaml", "--out", str(bundle),
+         "--confusion-png", str(png)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = load_file(bundle / "model.safetensors")
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "emotionnet-train --config tiny.yaml" in card and "| tencrop |" in card and "| disgust |" in card
+    assert png.stat().st_size > 0
+
+    # With no model argument, emotionnet-eval takes $EMOTIONNET_MODEL: the bundle's figures come back.
+    env = {**os.environ, "EMOTIONNET_MODEL": str(bundle)}
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "emotionnet.evaluate", str(data), "--split", "validation", "--tta", "tencrop",
+         "--json", "--no-progress", "--confusion-png", str(tmp_path / "again.png")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    summary = json.loads(evaluated.stdout)
+    accuracy_line = next(line for line in done.stdout.splitlines() if "tencrop TTA" in line)
+    assert f"accuracy {summary['accuracy']:.4f}" in accuracy_line
