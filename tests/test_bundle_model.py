@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from emotionnet import evaluate
+from emotionnet.inference import BUNDLED_MODEL_DIR
 from emotionnet.train import run as train_run
+from tests.conftest import SHARED_FER_CSV
 from tests.training_utils import REPO_ROOT, prepared_synthetic
 
 
@@ -47,3 +52,17 @@ def test_bundle_is_fp16_with_a_card_and_is_the_default_model_of_eval(tmp_path):
     summary = json.loads(evaluated.stdout)
     accuracy_line = next(line for line in done.stdout.splitlines() if "tencrop TTA" in line)
     assert f"accuracy {summary['accuracy']:.4f}" in accuracy_line
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_FER_CSV.exists(), reason=f"{SHARED_FER_CSV} not present")
+def test_bundled_model_reproduces_its_card_on_real_publictest(tmp_path, capsys):
+    """The committed model, evaluated on the real PublicTest rows, gives the accuracy its card states."""
+    card = (BUNDLED_MODEL_DIR / "MODEL_CARD.md").read_text()
+    stated = float(re.search(r"^\| none \| ([0-9.]+) \|", card, re.MULTILINE).group(1))
+    args = [str(SHARED_FER_CSV), "--split", "validation", "--json", "--no-progress",
+            "--confusion-png", str(tmp_path / "cm.png")]  # fmt: skip
+    assert evaluate.main(args) == 0  # no model given: the bundled one
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["models"] == [str(BUNDLED_MODEL_DIR)] and summary["n"] == 3589
+    assert summary["accuracy"] == pytest.approx(stated, abs=5e-5)
