@@ -19,6 +19,7 @@ class WeightEMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"optim.ema_decay must be in (0, 1) when set, got {decay}")
         self.decay = decay
+        self.source = model  # the unwrapped training model, followed by every update()
         self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
 
     def _average(
@@ -38,5 +39,5 @@ class WeightEMA:
         return self.averaged.module
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.averaged.update_parameters(model)
+    def update(self) -> None:
+        self.averaged.update_parameters(self.source)

@@ -447,7 +447,7 @@ class Trainer:
                     self.progress.skipped_steps += 1
                 self.scheduler.step()
                 if self.ema is not None:
-                    self.ema.update(acc.unwrap_model(self.model))
+                    self.ema.update()
         return loss, grad_norm, acc.sync_gradients
 
     def _clip_gradients(self) -> torch.Tensor | None:
