@@ -12,6 +12,8 @@ from data_prep.writer import DEFAULT_SHARD_ROWS, Sharding
 
 __all__ = ["main", "prepare"]
 
+EXIT_BAD_INPUT = 2  # bad data or a refused output path, as for every emotionnet-* command
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = prepare(args.input, args.output_dir, options)
     except PrepError as e:  # bad input, invalid rows (strict) or a refused output path
         print(f"emotionnet-prep: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     except OSError as e:  # e.g. the output location is read-only or the disk is full
         print(
             f"emotionnet-prep: error: {e.filename or ''}: {e.strerror or e}; nothing was written",

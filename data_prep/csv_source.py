@@ -1,7 +1,9 @@
 """Stream a FER2013 CSV (plain or gzip) block by block and validate every row, vectorized per block.
 
-pyarrow's streaming reader cuts the (possibly gzipped) file into ~1 MB blocks of whole lines, in C++ and
-ahead of use. Each block is validated on a worker thread:
+The (possibly gzipped) file is read by arrow, ~1 MB at a time and ahead of use, and cut into blocks of whole
+lines (`LineCutter`). Every line is a row, whatever it holds: one too long to be a FER2013 row (a 10 MB field)
+or one that is not UTF-8 is a bad row with its line number like any other, and the cut never depends on
+where the read blocks end. Each block is validated on a worker thread:
 - fast path, for blocks in the original file's exact layout (`3,<pixels>,Training` on every line): label
   and Usage are checked with arrow string kernels, then the labels and Usage words are blanked out and
   numpy parses the whole block's text in one call; checks on counts and digits prove every row held
@@ -21,22 +23,26 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 
 from data_prep.records import BadRow, Chunk, PrepError, SourceInfo
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS, USAGE_TO_SPLIT
 
 EXPECTED_COLUMNS = ("emotion", "pixels", "Usage")
-# ~120 FER rows per block. Arrow reads ~16 blocks ahead, so larger blocks cost memory (16 MB: +300 MB RSS)
-# and buy no speed.
+# ~120 FER rows per block; larger blocks cost memory (blocks in flight) and buy no speed.
 DEFAULT_BLOCK_BYTES = 1 << 20
 _WORKERS = min(4, os.cpu_count() or 1)
 _IN_FLIGHT = 2 * _WORKERS
+_READ_AHEAD = 4  # blocks read (and decompressed) by the reader thread ahead of use
+# A FER2013 row is under 10 KB (2304 values of up to 3 digits). A longer line is rejected by its length,
+# and only its first _KEPT_BYTES are held: memory stays bounded whatever the line's size.
+MAX_LINE_BYTES = 1 << 16
+_KEPT_BYTES = 1000
 _GZIP_MAGIC = b"\x1f\x8b"
 _LABEL_STRINGS = [str(i) for i in range(NUM_CLASSES)]
 _LABELS = pa.array(_LABEL_STRINGS)
@@ -114,34 +120,34 @@ class CsvSource:
     def chunks(self, on_bytes_read: Callable[[int], None] = lambda n: None) -> Iterator[Chunk]:
         """Yield the file's rows block by block; `on_bytes_read` gets the count of file bytes consumed."""
         kind = "gzip-compressed CSV" if self.gzipped else "CSV"
-        # Arrow reads the file itself (no Python file object: its read-ahead threads must never call back
-        # into Python, which can abort the interpreter when it exits mid-read, e.g. after Ctrl-C).
+        # Arrow reads the file itself (no Python file object), on one reader thread: reads stay in order.
         raw = pa.OSFile(str(self.path))
         stream = pa.CompressedInputStream(raw, "gzip") if self.gzipped else raw
+
+        def read() -> tuple[bytes, int]:
+            return stream.read(self._block_bytes), raw.tell()
+
         try:
-            with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            with (
+                ThreadPoolExecutor(max_workers=_WORKERS) as pool,
+                ThreadPoolExecutor(max_workers=1) as reader,
+            ):
                 sha256 = pool.submit(_sha256_file, self.path)
-                # Whole lines as one column (the delimiter is a control character FER never contains): every
-                # line is a row, so line numbers are exact and a rejected row keeps its original text.
-                reader = pcsv.open_csv(
-                    stream,
-                    read_options=pcsv.ReadOptions(
-                        block_size=self._block_bytes, skip_rows=1, column_names=["line"]
-                    ),
-                    parse_options=pcsv.ParseOptions(
-                        delimiter="\x1f", quote_char=False, ignore_empty_lines=False
-                    ),
-                    convert_options=pcsv.ConvertOptions(column_types={"line": pa.string()}),
-                )
+                reads = deque(reader.submit(read) for _ in range(_READ_AHEAD))
+                cutter = LineCutter()
                 # Blocks are validated on a few threads (numpy and arrow release the GIL while parsing)
                 # and handed on in file order; at most _IN_FLIGHT blocks are held at once.
                 pending: deque[Future[Chunk]] = deque()
-                first_line, reported = 2, 0
-                for batch in reader:
-                    pending.append(pool.submit(self._validate, batch.column(0), first_line))
-                    first_line += batch.num_rows
-                    on_bytes_read(raw.tell() - reported)
-                    reported = raw.tell()
+                reported, done = 0, False
+                while not done:
+                    data, position = reads.popleft().result()
+                    done = not data
+                    reads.append(reader.submit(read))
+                    block = cutter.cut(data, final=done)
+                    if block.text or block.rejected:
+                        pending.append(pool.submit(self._validate, block))
+                    on_bytes_read(position - reported)
+                    reported = position
                     if len(pending) >= _IN_FLIGHT:
                         yield pending.popleft().result()
                 while pending:
@@ -154,13 +160,13 @@ class CsvSource:
             stream.close()
             raw.close()
 
-    def _validate(self, lines: pa.StringArray, first_line: int) -> Chunk:
+    def _validate(self, block: LineBlock) -> Chunk:
+        lines, line_numbers, unreadable = split_lines(block)
         n = len(lines)
-        line_numbers = np.arange(first_line, first_line + n, dtype=np.int64)
-        canonical = parse_canonical(lines) if self.columns == list(EXPECTED_COLUMNS) else None
+        canonical = parse_canonical(lines) if n and self.columns == list(EXPECTED_COLUMNS) else None
         if canonical is not None:
             labels, splits, images = canonical
-            return Chunk(images.reshape(n, IMAGE_SIZE, IMAGE_SIZE), labels, splits, line_numbers)
+            return Chunk(images.reshape(n, IMAGE_SIZE, IMAGE_SIZE), labels, splits, line_numbers, unreadable)
         blank = pc.binary_length(lines).to_numpy() == 0  # blank lines are not rows
         fields = pc.split_pattern(lines, ",")
         widths = pc.list_value_length(fields).to_numpy()
@@ -192,8 +198,121 @@ class CsvSource:
             labels=labels[good],
             splits=splits[good],
             row_ids=line_numbers[rows[good]],
-            bad_rows=bad_rows,
+            bad_rows=sorted(unreadable + bad_rows, key=lambda row: row.line),
         )
+
+
+@dataclass(frozen=True)
+class LineBlock:
+    """Whole lines of the file, from line number `first_line` on: line i is `text[starts[i]:ends[i]]` (no
+    terminator), where starts = [0, *nexts[:-1]]; plus the over-long lines skipped just before `text`."""
+
+    text: bytes
+    first_line: int
+    ends: np.ndarray
+    nexts: np.ndarray  # where the line after each one starts (past its "\n", "\r\n" or lone "\r")
+    rejected: list[BadRow]
+
+
+def _too_long(line: int, length: int, head: bytes) -> BadRow:
+    reason = f"line is {length} bytes long; no FER2013 row is longer than {MAX_LINE_BYTES}"
+    return BadRow(line, reason, head[:_KEPT_BYTES].decode("utf-8", "replace") + "...")
+
+
+def _line_ends(data: bytes, final: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Where the lines in data end, and where the next ones start: "\n", "\r\n" and a lone "\r" each end a
+    line (as in any CSV reader). A "\r" that is data's last byte ends one only if `final`: otherwise it may
+    be the first half of a "\r\n" that the next read completes."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(view == ord("\n"))
+    if b"\r" not in data:  # the usual case
+        return newlines, newlines + 1
+    returns = np.flatnonzero(view == ord("\r"))
+    inside = returns + 1 < len(view)
+    pairs = inside & (view[np.minimum(returns + 1, len(view) - 1)] == ord("\n"))
+    lone = ~pairs & (inside | final)
+    newlines = newlines[~np.isin(newlines, returns[pairs] + 1)]  # a pair's "\n" ends no line of its own
+    ends = np.concatenate([newlines, returns[pairs], returns[lone]])
+    nexts = np.concatenate([newlines + 1, returns[pairs] + 2, returns[lone] + 1])
+    order = np.argsort(ends)
+    return ends[order], nexts[order]
+
+
+class LineCutter:
+    """Cuts the file's bytes, read by read, into `LineBlock`s of whole lines, skipping the header.
+
+    Nothing may depend on where the reads end: a line longer than MAX_LINE_BYTES that is unfinished at the
+    end of a read is not carried on but skipped to its end, keeping its first bytes and its length, and is
+    rejected exactly as `split_lines` rejects a long line that lies within one block."""
+
+    def __init__(self) -> None:
+        self._carry = b""  # an unfinished line (at most MAX_LINE_BYTES, plus perhaps a "\r" held back)
+        self._line = 1  # number of the next line to end
+        # The unfinished line being skipped, if any: its first bytes and its length so far; first the header.
+        self._skipping: tuple[bytes, int] | None = (b"", 0)
+        self._header = True
+
+    def cut(self, data: bytes, final: bool) -> LineBlock:
+        """The next block, given the next bytes read (`final`: there are no more)."""
+        data = self._carry + data if self._carry else data
+        ends, nexts = _line_ends(data, final)
+        rejected = []
+        if self._skipping is not None:
+            head, length = self._skipping
+            if len(ends) == 0 and not final:
+                held = int(data.endswith(b"\r"))
+                self._skipping, self._carry = (head, length + len(data) - held), data[len(data) - held :]
+                return LineBlock(b"", self._line, ends, nexts, [])
+            end, after = (int(ends[0]), int(nexts[0])) if len(ends) else (len(data), len(data))
+            if not self._header:
+                rejected.append(_too_long(self._line, length + end, head))
+            self._line, self._skipping, self._header = self._line + 1, None, False
+            data, ends, nexts = data[after:], ends[1:] - after, nexts[1:] - after
+        if final and len(data) > (nexts[-1] if len(nexts) else 0):  # the last line needs no terminator
+            ends, nexts = np.append(ends, len(data)), np.append(nexts, len(data))
+        cut = int(nexts[-1]) if len(nexts) else 0
+        block = LineBlock(data[:cut], self._line, ends, nexts, rejected)
+        self._line += len(ends)
+        self._carry = data[cut:]
+        held = int(self._carry.endswith(b"\r"))
+        if len(self._carry) - held > MAX_LINE_BYTES:
+            self._skipping = (self._carry[:_KEPT_BYTES], len(self._carry) - held)
+            self._carry = self._carry[len(self._carry) - held :]
+        return block
+
+
+def split_lines(block: LineBlock) -> tuple[pa.StringArray, np.ndarray, list[BadRow]]:
+    """A block's lines as text, their line numbers, and the lines rejected before any parsing: those too long
+    to be a row (only their start is kept) and those that are not UTF-8 text."""
+    bounds = np.concatenate(([0], block.nexts)).astype(np.int64)
+    starts, lengths = bounds[:-1], block.ends - bounds[:-1]
+    numbers = block.first_line + np.arange(len(starts), dtype=np.int64)
+    rejected = list(block.rejected)
+    # Each value is a line with its terminator: the block's own bytes, no copy; the terminators go at the end.
+    offsets = pa.py_buffer(bounds.astype(np.int32))
+    values = pa.Array.from_buffers(pa.binary(), len(starts), [None, offsets, pa.py_buffer(block.text)])
+    keep = lengths <= MAX_LINE_BYTES
+    if not keep.all():
+        rejected += [
+            _too_long(int(numbers[i]), int(lengths[i]), block.text[starts[i] : starts[i] + _KEPT_BYTES])
+            for i in np.flatnonzero(~keep)
+        ]
+        values, numbers = values.filter(pa.array(keep)), numbers[keep]
+    try:
+        lines = values.cast(pa.string())
+    except pa.ArrowInvalid:  # some line is not UTF-8: find which (rare, so line by line)
+        readable = np.ones(len(values), dtype=bool)
+        for i, line in enumerate(values.to_pylist()):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                reason = f"byte 0x{line[err.start]:02x} at column {err.start + 1} is not UTF-8 text"
+                rejected.append(
+                    BadRow(int(numbers[i]), reason, line.decode("utf-8", "replace").rstrip("\r\n"))
+                )
+                readable[i] = False
+        lines, numbers = values.filter(pa.array(readable)).cast(pa.string()), numbers[readable]
+    return pc.utf8_rtrim(lines, characters="\r\n"), numbers, sorted(rejected, key=lambda row: row.line)
 
 
 def _index_in(column: pa.Array, values: pa.Array) -> np.ndarray:

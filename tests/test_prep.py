@@ -207,7 +207,7 @@ def test_existing_output_is_refused_without_overwrite(synth_csv, tmp_path, capsy
     out = tmp_path / "out"
     assert main([str(synth_csv), str(out), "--no-progress"]) == 0
     first = file_hashes(out)
-    assert main([str(synth_csv), str(out), "--no-progress", "--num-shards", "2"]) == 1
+    assert main([str(synth_csv), str(out), "--no-progress", "--num-shards", "2"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert file_hashes(out) == first
     assert main([str(synth_csv), str(out), "--no-progress", "--num-shards", "2", "--overwrite"]) == 0
@@ -217,7 +217,7 @@ def test_existing_output_is_refused_without_overwrite(synth_csv, tmp_path, capsy
     not_ours = tmp_path / "notes"
     not_ours.mkdir()
     (not_ours / "keep.txt").write_text("precious")
-    assert main([str(synth_csv), str(not_ours), "--no-progress", "--overwrite"]) == 1
+    assert main([str(synth_csv), str(not_ours), "--no-progress", "--overwrite"]) == 2
     assert "not an earlier emotionnet-prep output" in capsys.readouterr().err
     assert (not_ours / "keep.txt").read_text() == "precious"
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from data_prep.cli import main
+from data_prep.csv_source import MAX_LINE_BYTES, LineCutter, split_lines
 from data_prep.manifest import Manifest
 from data_prep.prepare import BadRowsError, PrepOptions, prepare
 from data_prep.records import PrepError
-from data_prep.schema import SPLITS
+from data_prep.schema import MANIFEST_NAME, SPLITS
 
 
 def _edit_pixels(edit):
@@ -69,7 +70,7 @@ def test_strict_names_file_line_and_reason_and_writes_nothing(kind, synth_csv, t
     rows[10] = make_bad(rows[10])  # line 12: header is line 1
     bad_csv = write_csv(tmp_path / "bad.csv", header, rows)
 
-    assert main([str(bad_csv), str(tmp_path / "out"), "--no-progress"]) == 1
+    assert main([str(bad_csv), str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{bad_csv}:12: {reason}" in err
     assert "has 1 invalid row;" in err and "Traceback" not in err
@@ -191,7 +192,7 @@ def test_bad_files_get_one_clear_sentence(kind, tmp_path, capsys):
     name, make, expected = BAD_FILES[kind]
     path = tmp_path / name
     make(path)
-    assert main([str(path), str(tmp_path / "out"), "--no-progress"]) == 1
+    assert main([str(path), str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("emotionnet-prep: error: ") and "\n" not in err
     assert expected in err and str(path) in err
@@ -203,7 +204,7 @@ def test_bad_gzip_at_the_real_cli_edge(tmp_path, run_prep_cli):
     fake = tmp_path / "fake.csv.gz"
     _plain_text_gz(fake)
     result = run_prep_cli(fake, tmp_path / "out", "--no-progress")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == (
         f"emotionnet-prep: error: {fake} is not a valid gzip file (Not a gzipped file (b'em'))."
     )
@@ -234,3 +235,75 @@ def test_image_folder_bad_images(synth_csv, tmp_path):
     (root / "train" / "bored").mkdir()
     with pytest.raises(PrepError, match="is not one of the class folders"):
         prepare(root, tmp_path / "unknown_class", PrepOptions(progress=False))
+
+
+def _huge_field(line: bytes) -> bytes:
+    label, _, usage = line.split(b",")
+    return b",".join([label, b"1 " * 5_000_000 + b"1", usage])  # a 10 MB pixels field
+
+
+# Lines the reader itself used to fail on (the whole prep, naming no line): kind -> (edit, reason).
+UNREADABLE_LINES = {
+    "10 MB field": (_huge_field, "line is 10000012 bytes long; no FER2013 row is longer than 65536"),
+    "not UTF-8": (lambda line: line[:10] + b"\xff" + line[11:], "byte 0xff at column 11 is not UTF-8 text"),
+    "unit separator": (lambda line: line[:10] + b"\x1f" + line[11:], "pixels has 2303 values, expected 2304"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNREADABLE_LINES))
+def test_a_line_the_reader_cannot_take_is_a_bad_row_named_by_its_line(kind, synth_csv, tmp_path, capsys):
+    make_bad, reason = UNREADABLE_LINES[kind]
+    lines = synth_csv.read_bytes().split(b"\n")
+    lines[51] = make_bad(lines[51])  # line 52
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_bytes(b"\n".join(lines))
+
+    assert main([str(bad_csv), str(tmp_path / "strict"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad_csv}:52: {reason}" in err and "has 1 invalid row;" in err
+    assert not (tmp_path / "strict").exists()
+
+    # Quarantine sets it aside, and the result does not depend on where the read blocks end.
+    kept = {}
+    for block_bytes in (64 << 10, 1 << 20, 16 << 20):
+        out = tmp_path / f"quarantine-{block_bytes}"
+        manifest = prepare(
+            bad_csv, out, PrepOptions(on_bad_rows="quarantine", progress=False, block_bytes=block_bytes)
+        )
+        assert (manifest.rows_read, manifest.rows_rejected) == (300, 1)
+        with open(out / manifest.rejects_file, newline="") as f:
+            (reject,) = csv.DictReader(f)  # the csv module's default field limit: the text is cut short
+        assert reject["line_number"] == "52" and reject["reason"].startswith(reason)
+        assert lines[51].decode(errors="replace").startswith(reject["original_line"].removesuffix("..."))
+        kept[block_bytes] = {
+            path.name: path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()
+        }
+        kept[block_bytes].pop(MANIFEST_NAME)
+    assert kept[64 << 10] == kept[1 << 20] == kept[16 << 20]
+
+
+def cut_in_reads(data: bytes, read_bytes: int) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(line number, text) of every line and (line number, reason) of every rejected one, with the file's
+    bytes handed to the cutter `read_bytes` at a time."""
+    cutter, lines, rejected = LineCutter(), [], []
+    for start in range(0, len(data) + read_bytes, read_bytes):  # the last read is empty: the end
+        piece = data[start : start + read_bytes]
+        text, numbers, bad = split_lines(cutter.cut(piece, final=not piece))
+        lines += zip(numbers.tolist(), text.to_pylist(), strict=True)
+        rejected += [(row.line, row.reason) for row in bad]
+    return lines, rejected
+
+
+def test_lines_do_not_depend_on_where_the_reads_end():
+    long = b"9" * (MAX_LINE_BYTES + 1)
+    data = b"emotion,pixels,Usage\r\na\r\n\r\nb\rc\n" + long + b"\r\nd\r" + long + b"\r" + long + b"\ne"
+    too_long = f"line is {MAX_LINE_BYTES + 1} bytes long"
+    expected_lines = [(2, "a"), (3, ""), (4, "b"), (5, "c"), (7, "d"), (10, "e")]
+    for read_bytes in (1, 2, 3, 5, 4096, MAX_LINE_BYTES, MAX_LINE_BYTES + 1, MAX_LINE_BYTES + 2, len(data)):
+        if read_bytes < 10:  # byte by byte, only as far as the first long line
+            assert cut_in_reads(data[:31], read_bytes) == (expected_lines[:4], [])
+            continue
+        lines, rejected = cut_in_reads(data, read_bytes)
+        assert lines == expected_lines
+        assert [line for line, _ in rejected] == [6, 8, 9]
+        assert all(reason.startswith(too_long) for _, reason in rejected)
