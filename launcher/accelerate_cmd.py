@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import yaml
+
+from launcher import values
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE_CONFIGS = REPO_ROOT / "configs" / "accelerate"
@@ -63,6 +66,12 @@ def validate(opts: LaunchOptions) -> None:
         raise LaunchError(f"{'--processes' if opts.cpu else '--gpus'} must be at least 1")
     if opts.nodes < 1:
         raise LaunchError("--nodes must be at least 1")
+    check_values(
+        ("--module", opts.module, values.module_problem),
+        ("--main-address", opts.main_address, values.host_problem),
+        ("--main-port", opts.main_port, values.port_problem),
+        *(("training argument", arg, values.control_problem) for arg in opts.train_args),
+    )
     if opts.cpu and opts.mixed_precision == "fp16":
         raise LaunchError(
             "fp16 needs a GPU (its loss scaling is CUDA-only); on CPU use --precision bf16 or no"
@@ -74,6 +83,13 @@ def validate(opts: LaunchOptions) -> None:
             "ZeRO-3 shards parameters across processes, so with a single process it only adds overhead: "
             "use --strategy ddp, or more GPUs/nodes"
         )
+
+
+def check_values(*checks: tuple[str, object, Callable[[object], str | None]]) -> None:
+    """Raise LaunchError for the first (option, value, check) whose value is set and has a problem."""
+    for option, value, problem in checks:
+        if value is not None and (reason := problem(value)):
+            raise LaunchError(f"{option}: {reason}")
 
 
 def validate_node(opts: LaunchOptions) -> None:

@@ -25,7 +25,7 @@ import socket
 import sys
 from pathlib import Path
 
-from launcher import slurm
+from launcher import slurm, values
 from launcher.accelerate_cmd import (
     DEFAULT_MODULE,
     PRECISIONS,
@@ -43,6 +43,18 @@ from launcher.accelerate_cmd import (
 
 PROG = "emotionnet-launch"
 EXIT_USAGE = 2
+# argparse `type=`s: a bad value is refused while parsing, before anything is rendered, written or run.
+COUNT = values.argtype(values.count_problem, int)
+NAME = values.argtype(values.name_problem)
+TEXT_PATH = values.argtype(values.control_problem, Path)
+DIRECTIVE_PATH = values.argtype(values.directive_path_problem, Path)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad option like every other launcher error: one line, exit status 2 (see `main`)."""
+
+    def error(self, message: str):
+        raise LaunchError(message)
 
 
 def _add_launch_options(parser: argparse.ArgumentParser, per_node_note: str) -> None:
@@ -54,7 +66,7 @@ def _add_launch_options(parser: argparse.ArgumentParser, per_node_note: str) -> 
         "--gpus",
         "--gpus-per-node",
         dest="gpus",
-        type=int,
+        type=COUNT,
         help=f"GPUs {per_node_note} (default: all visible)",
     )
     parser.add_argument("--cpu", action="store_true", help="train with CPU processes (gloo) instead of GPUs")
@@ -62,18 +74,21 @@ def _add_launch_options(parser: argparse.ArgumentParser, per_node_note: str) -> 
         "--processes",
         "--processes-per-node",
         dest="processes",
-        type=int,
+        type=COUNT,
         help=f"with --cpu: processes {per_node_note} (default 2)",
     )
-    parser.add_argument("--nodes", type=int, default=1, help="machines (default 1)")
+    parser.add_argument("--nodes", type=COUNT, default=1, help="machines (default 1)")
     parser.add_argument(
-        "--module", default=DEFAULT_MODULE, help=f"python module to launch (default {DEFAULT_MODULE})"
+        "--module",
+        type=values.argtype(values.module_problem),
+        default=DEFAULT_MODULE,
+        help=f"python module to launch (default {DEFAULT_MODULE})",
     )
     parser.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
 
 
 def local_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -81,48 +96,69 @@ def local_parser() -> argparse.ArgumentParser:
     )
     _add_launch_options(parser, "on this machine")
     parser.add_argument("--node-rank", type=int, default=0, help="this machine's rank with --nodes > 1")
-    parser.add_argument("--main-address", help="address of the --node-rank 0 machine (with --nodes > 1)")
-    parser.add_argument("--main-port", type=int, help="its rendezvous port (default: a free port here)")
+    parser.add_argument(
+        "--main-address",
+        type=values.argtype(values.host_problem),
+        help="address of the --node-rank 0 machine (with --nodes > 1)",
+    )
+    parser.add_argument(
+        "--main-port",
+        type=values.argtype(values.port_problem, int),
+        help="its rendezvous port (default: a free port here)",
+    )
     return parser
 
 
 def slurm_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"{PROG} slurm",
         description="Render slurm/train.sbatch for these resources and submit it (or show it with --dry-run).",
         allow_abbrev=False,
     )
     _add_launch_options(parser, "per node")
-    parser.add_argument("--partition", help="SLURM partition")
-    parser.add_argument("--account", help="SLURM account to charge")
-    parser.add_argument("--time", default="24:00:00", help="time limit (default 24:00:00)")
-    parser.add_argument("--job-name", default="emotionnet", help="default emotionnet")
     parser.add_argument(
-        "--cpus-per-task", type=int, help="CPU cores per node (default: 1 per CPU process, 4 per GPU)"
+        "--partition",
+        type=values.argtype(values.partition_problem),
+        help="SLURM partition(s), comma-separated",
     )
-    parser.add_argument("--log-dir", type=Path, default=Path("logs/slurm"), help="default logs/slurm")
+    parser.add_argument("--account", type=NAME, help="SLURM account to charge")
     parser.add_argument(
-        "--output-dir", type=Path, default=Path("outputs"), help="runs go here (default outputs)"
+        "--time",
+        type=values.argtype(values.time_problem),
+        default="24:00:00",
+        help=f"time limit: {values.TIME_FORMATS} (default 24:00:00)",
     )
-    parser.add_argument("--run-name", help="run directory name (default <job name>-<job id>)")
+    parser.add_argument("--job-name", type=NAME, default="emotionnet", help="default emotionnet")
     parser.add_argument(
-        "--venv", type=Path, default=Path(sys.prefix), help="venv the job activates (default: this one)"
+        "--cpus-per-task", type=COUNT, help="CPU cores per node (default: 1 per CPU process, 4 per GPU)"
+    )
+    parser.add_argument(
+        "--log-dir", type=DIRECTIVE_PATH, default=Path("logs/slurm"), help="default logs/slurm"
+    )
+    parser.add_argument(
+        "--output-dir", type=TEXT_PATH, default=Path("outputs"), help="runs go here (default outputs)"
+    )
+    parser.add_argument("--run-name", type=NAME, help="run directory name (default <job name>-<job id>)")
+    parser.add_argument(
+        "--venv", type=TEXT_PATH, default=Path(sys.prefix), help="venv the job activates (default: this one)"
     )
     parser.add_argument(
         "--signal-lead-s",
-        type=int,
+        type=COUNT,
         default=300,
         help="checkpoint and requeue this long before the time limit",
     )
     parser.add_argument(
-        "--stop-grace-s", type=int, default=240, help="time the processes get to save that checkpoint"
+        "--stop-grace-s", type=COUNT, default=240, help="time the processes get to save that checkpoint"
     )
     parser.add_argument(
-        "--prep", type=Path, metavar="INPUT", help="first prepare this FER2013 CSV/folder in a job"
+        "--prep", type=TEXT_PATH, metavar="INPUT", help="first prepare this FER2013 CSV/folder in a job"
     )
-    parser.add_argument("--data-dir", type=Path, help="with --prep: where the prepared dataset goes")
+    parser.add_argument("--data-dir", type=TEXT_PATH, help="with --prep: where the prepared dataset goes")
     parser.add_argument(
-        "--synthetic-rows", type=int, help="with --prep: write a synthetic CSV of N faces to INPUT if missing"
+        "--synthetic-rows",
+        type=COUNT,
+        help="with --prep: write a synthetic CSV of N faces to INPUT if missing",
     )
     return parser
 

@@ -18,7 +18,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.accelerate_cmd import REPO_ROOT, LaunchError, LaunchOptions, launch_env, strategy_args
+from launcher import values
+from launcher.accelerate_cmd import (
+    REPO_ROOT,
+    LaunchError,
+    LaunchOptions,
+    check_values,
+    launch_env,
+    strategy_args,
+)
 
 SLURM_DIR = REPO_ROOT / "slurm"
 TRAIN_TEMPLATE = SLURM_DIR / "train.sbatch"
@@ -71,10 +79,39 @@ class SlurmOptions:
 
 
 def validate(opts: SlurmOptions) -> None:
+    """Raise LaunchError for options that cannot run, or for a value that cannot go into a batch script."""
+    check_values(
+        ("--job-name", opts.job_name, values.name_problem),
+        ("--run-name", opts.run_name, values.name_problem),
+        ("--partition", opts.partition, values.partition_problem),
+        ("--account", opts.account, values.name_problem),
+        ("--time", opts.time, values.time_problem),
+        ("--cpus-per-task", opts.cpus_per_task, values.count_problem),
+        ("--signal-lead-s", opts.signal_lead_s, values.count_problem),
+        ("--stop-grace-s", opts.stop_grace_s, values.count_problem),
+        # sbatch reads these two from #SBATCH lines, the others are quoted into the settings block.
+        ("--log-dir", opts.log_dir.resolve(), values.directive_path_problem),
+        ("the working directory", opts.workdir, values.directive_path_problem),
+        ("--output-dir", opts.output_dir.resolve(), values.control_problem),
+        ("--venv", opts.venv, values.control_problem),
+        *(
+            [
+                ("--prep", opts.prep.input.resolve(), values.control_problem),
+                ("--data-dir", opts.prep.data_dir.resolve(), values.control_problem),
+            ]
+            if opts.prep
+            else []
+        ),
+    )
     if reserved := [arg for arg in opts.launch.train_args if _RESERVED_TRAIN_ARGS.match(arg)]:
         raise LaunchError(
             f"{reserved[0]} is set by the batch script (it resumes the run named --run-name under --output-dir "
             "after a requeue); pass --run-name / --output-dir to emotionnet-launch slurm instead"
+        )
+    if (limit_s := values.time_seconds(opts.time)) <= opts.signal_lead_s:
+        raise LaunchError(
+            f"--time {opts.time} ({limit_s} s) must exceed --signal-lead-s {opts.signal_lead_s}: the job is "
+            "signalled to checkpoint that long before its time limit"
         )
     if opts.signal_lead_s <= opts.stop_grace_s:
         raise LaunchError(
@@ -85,8 +122,8 @@ def validate(opts: SlurmOptions) -> None:
         raise LaunchError("--synthetic-rows must be at least 10")
 
 
-def _sh_array(name: str, values: list[str]) -> str:
-    return f"{name}=({shlex.join(values)})"
+def _sh_array(name: str, words: list[str]) -> str:
+    return f"{name}=({shlex.join(words)})"
 
 
 def _sh_var(name: str, value: str | Path) -> str:
@@ -98,6 +135,10 @@ def render(template: str, directives: list[str], settings: list[str]) -> str:
     first = _DIRECTIVE.search(template)
     if first is None or not _SETTINGS.search(template):
         raise LaunchError("the batch-script template has no #SBATCH lines or no '# >>> settings' block")
+    # The last guard for values that did not pass through `validate`: no value may start a line of its own.
+    for line in [*directives, *settings]:
+        if problem := values.control_problem(line):
+            raise LaunchError(f"refusing to render a batch script: {problem}")
     head, tail = template[: first.start()], _DIRECTIVE.sub("", template[first.start() :])
     text = head + "".join(f"#SBATCH {d}\n" for d in directives) + tail
     block = "".join(line + "\n" for line in settings)

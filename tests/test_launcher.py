@@ -11,7 +11,9 @@ import pytest
 import yaml
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-from launcher.cli import main
+from launcher import slurm
+from launcher.accelerate_cmd import LaunchError, LaunchOptions
+from launcher.cli import main, slurm_parser
 
 TRAIN_ARGS = ["--config", "tests/configs/tiny.yaml", "optim.lr=1e-3"]
 
@@ -205,3 +207,86 @@ def test_slurm_dry_run_with_prep_renders_both_jobs_for_cpu(
 @pytest.mark.parametrize("script", ["slurm/train.sbatch", "slurm/prep.sbatch"])
 def test_batch_scripts_are_valid_bash(script: str) -> None:
     subprocess.run(["bash", "-n", script], check=True)
+
+
+INJECTED = "\ntouch pwned"  # a newline would start a line of its own in the batch script
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--job-name", "fer" + INJECTED], "argument --job-name: 'fer\\ntouch pwned' contains the control character '\\n'"),
+        (["--partition", "gpu" + INJECTED], "argument --partition: 'gpu\\ntouch pwned' contains the control"),
+        (["--time", "12:00:00" + INJECTED], "argument --time: '12:00:00\\ntouch pwned' contains the control"),
+        (["--account", "proj\r42"], "argument --account: 'proj\\r42' contains the control character '\\r'"),
+        (["--job-name", "fer --uid=0"], "argument --job-name: 'fer --uid=0' is not a name"),  # a 2nd sbatch option
+        (["--job-name", "../escape"], "argument --job-name: '../escape' is not a name"),
+        (["--run-name", "../../escape"], "argument --run-name: '../../escape' is not a name"),
+        (["--time", "tomorrow"], "'tomorrow' is not a SLURM time limit (minutes, MM:SS, HH:MM:SS, D-HH,"),
+        (["--time", "12:61:00"], "'12:61:00' has a field out of range"),
+        (["--time", "1-24"], "'1-24' has a field out of range"),
+        (["--time", "0"], "'0' is no time at all"),
+        (["--time", "4"], "--time 4 (240 s) must exceed --signal-lead-s 300"),
+        (["--nodes", "0"], "argument --nodes: 0 is not a positive count"),
+        (["--gpus-per-node", "-1"], "argument --gpus/--gpus-per-node: -1 is not a positive count"),
+        (["--cpus-per-task", "0"], "argument --cpus-per-task: 0 is not a positive count"),
+        (["--stop-grace-s", "0"], "argument --stop-grace-s: 0 is not a positive count"),
+        (["--nodes", "two"], "argument --nodes: 'two' is not an integer"),
+        (["--log-dir", "logs/my runs"], "argument --log-dir: 'logs/my runs' contains whitespace"),
+        (["--log-dir", "logs/%u"], "argument --log-dir: 'logs/%u' contains '%'"),
+        (["--venv", "/opt/venv" + INJECTED], "argument --venv: '/opt/venv\\ntouch pwned' contains the control"),
+        (["--output-dir", "out" + INJECTED], "argument --output-dir: 'out\\ntouch pwned' contains the control"),
+        (["--", "--config", "tests/configs/tiny.yaml", "optim.lr=1e-3" + INJECTED], "'optim.lr=1e-3\\ntouch pwned' contains the control"),
+    ],
+)  # fmt: skip
+def test_slurm_refuses_values_that_would_inject_into_the_batch_script(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    # Not a dry run: before the fix the script was rendered, written to --log-dir and handed to sbatch.
+    logs = tmp_path / "logs"
+    argv = ["slurm", "--cpu", "--log-dir", str(logs), *TRAIN_ARGS[:2], *args]
+    if "--log-dir" in args:
+        argv = ["slurm", "--cpu", *TRAIN_ARGS[:2], *args]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("emotionnet-launch") and captured.err.count("\n") == 1
+    assert message in captured.err
+    assert not logs.exists() and not (tmp_path / "logs" / "my runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--main-port", "0"], "argument --main-port: 0 is not a port in 1..65535"),
+        (["--main-port", "65536"], "argument --main-port: 65536 is not a port in 1..65535"),
+        (["--processes", "0"], "argument --processes/--processes-per-node: 0 is not a positive count"),
+        (["--nodes", "2", "--node-rank", "1", "--main-port", "29500", "--main-address", "10.0.0.1" + INJECTED], "argument --main-address: '10.0.0.1\\ntouch pwned' contains the control"),
+        (["--module", "emotionnet.train;touch pwned"], "argument --module: 'emotionnet.train;touch pwned' is not a Python module name"),
+        (["--", "--config", "tiny.yaml" + INJECTED], "'tiny.yaml\\ntouch pwned' contains the control"),
+    ],
+)  # fmt: skip
+def test_local_launch_refuses_values_that_would_inject_into_the_command(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["--cpu", "--dry-run", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # before the fix, the dry run printed the command with the value in it
+    assert captured.err.startswith("emotionnet-launch") and captured.err.count("\n") == 1
+    assert message in captured.err
+
+
+@pytest.mark.parametrize("limit", ["600", "90:30", "12:00:00", "2-12", "2-12:30", "2-12:30:15"])
+def test_slurm_accepts_every_time_format_of_sbatch(limit: str) -> None:
+    args, _ = slurm_parser().parse_known_args(["--time", limit])
+    script = slurm.render_train(
+        slurm.SlurmOptions(launch=LaunchOptions(procs_per_node=2, cpu=True), time=args.time)
+    )
+    assert f"--time={limit}" in directives(script)
+
+
+def test_rendering_refuses_a_control_character_that_bypassed_the_options() -> None:
+    """The library path (SlurmOptions built in code) is checked where the script is rendered."""
+    opts = slurm.SlurmOptions(launch=LaunchOptions(procs_per_node=1, cpu=True), job_name="fer" + INJECTED)
+    with pytest.raises(LaunchError, match="control character"):
+        slurm.render_train(opts)
