@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         sharding=Sharding(num_shards=args.num_shards, shard_rows=args.shard_size),
         on_bad_rows=args.on_bad_rows,
         max_errors=args.max_errors,
+        bad_rows_hint="use --on-bad-rows quarantine to set them aside and convert the rest",
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

@@ -31,14 +31,16 @@ BadRowPolicy = Literal["strict", "quarantine"]
 class BadRowsError(PrepError):
     """Strict mode found invalid rows; the message lists the first ones with file, line and reason."""
 
-    def __init__(self, source: Path, first: list[BadRow], count: int):
+    def __init__(self, source: Path, first: list[BadRow], count: int, hint: str | None = None):
         self.bad_rows = first
         self.count = count
         listed = "".join(f"\n  {source}:{row.line}: {row.reason}" for row in first)
         more = f"\n  ... and {count - len(first)} more" if count > len(first) else ""
+        hint = hint or (
+            f"set them aside with `emotionnet-prep {source} DIR --on-bad-rows quarantine` and use DIR instead"
+        )
         super().__init__(
-            f"{source} has {count} invalid row{'s' * (count != 1)}; nothing was written "
-            f"(use --on-bad-rows quarantine to set them aside and convert the rest):{listed}{more}"
+            f"{source} has {count} invalid row{'s' * (count != 1)}; nothing was written ({hint}):{listed}{more}"
         )
 
 
@@ -50,6 +52,10 @@ class PrepOptions:
     overwrite: bool = False
     progress: bool = True
     block_bytes: int = DEFAULT_BLOCK_BYTES  # CSV read block: memory per step vs per-block overhead
+    # How a strict-mode error tells the user to set bad rows aside. None: with the command that can
+    # (emotionnet-prep ... --on-bad-rows quarantine); a caller with its own way passes it (emotionnet-prep: the
+    # flag itself), so that no hint names a flag its command does not have.
+    bad_rows_hint: str | None = None
 
 
 def open_source(path: Path, block_bytes: int = DEFAULT_BLOCK_BYTES) -> CsvSource | ImageFolderSource:
@@ -88,7 +94,7 @@ def prepare(input_path: str | Path, output_dir: str | Path, options: PrepOptions
         if rejects is not None:
             rejects.close()
         if rows_rejected and not quarantine:
-            raise BadRowsError(input_path, first_bad, rows_rejected)
+            raise BadRowsError(input_path, first_bad, rows_rejected, options.bad_rows_hint)
         if staged.rows == 0:
             what = f"all {rows_read} rows were rejected" if rows_read else "it has no data rows"
             raise PrepError(f"nothing to write from {input_path}: {what}.")

@@ -307,3 +307,24 @@ def test_lines_do_not_depend_on_where_the_reads_end():
         assert lines == expected_lines
         assert [line for line, _ in rejected] == [6, 8, 9]
         assert all(reason.startswith(too_long) for _, reason in rejected)
+
+
+def test_the_quarantine_hint_names_what_the_caller_has(synth_csv, tmp_path, capsys):
+    header, rows = read_lines(synth_csv)
+    rows[3] = BAD_ROWS["label 7"][0](rows[3])
+    bad_csv = write_csv(tmp_path / "bad.csv", header, rows)
+
+    # emotionnet-prep has the flag: it says to use it.
+    assert main([str(bad_csv), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "(use --on-bad-rows quarantine to set them aside and convert the rest)" in capsys.readouterr().err
+    # Other callers (emotionnet-eval DATA, emotionnet-train --csv_file) do not: the hint is a command that exists.
+    with pytest.raises(BadRowsError) as error:
+        prepare(bad_csv, tmp_path / "out", PrepOptions(progress=False))
+    assert "use --on-bad-rows" not in str(error.value)
+    assert f"set them aside with `emotionnet-prep {bad_csv} DIR --on-bad-rows quarantine`" in str(error.value)
+    with pytest.raises(BadRowsError, match="or train with --data_dir DIR"):
+        prepare(
+            bad_csv,
+            tmp_path / "out",
+            PrepOptions(progress=False, bad_rows_hint="or train with --data_dir DIR"),
+        )
