@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # The prep's notices (e.g. a killed prep's temp dir it removed), one line each on stderr.
+    notices = logging.StreamHandler(sys.stderr)
+    notices.setFormatter(logging.Formatter("emotionnet-prep: %(message)s"))
+    logger = logging.getLogger("data_prep")
+    logger.addHandler(notices)
     try:
         manifest = prepare(args.input, args.output_dir, options)
     except PrepError as e:  # bad input, invalid rows (strict) or a refused output path
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        logger.removeHandler(notices)
     splits = ", ".join(f"{name} {stats.rows}" for name, stats in manifest.splits.items())
     rejected = f"{manifest.rows_rejected}" + (
         f" (see {args.output_dir}/{manifest.rejects_file})" if manifest.rejects_file else ""

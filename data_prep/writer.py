@@ -4,13 +4,16 @@ temporary directory that is renamed into place only when everything is written."
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
+import logging
 import math
 import os
+import re
 import secrets
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import psutil
 import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 from datasets.utils.py_utils import asdict
@@ -25,10 +29,18 @@ from datasets.utils.py_utils import asdict
 from data_prep.records import BadRow, Chunk, PrepError
 from data_prep.schema import CLASS_NAMES, MANIFEST_NAME, NUM_CLASSES, NUM_PIXELS, SPLITS, features
 
+log = logging.getLogger(__name__)
+
 DEFAULT_SHARD_ROWS = 8192  # ~19 MB of images per shard: a few shards per FER split, read in parallel
 REJECTS_NAME = "rejects.csv"
 # Record batches inside a shard always hold this many rows, so the bytes do not depend on read block size.
 _BATCH_ROWS = 1000
+# The temp dirs next to an output carry their owner in their name, `.NAME.partial-HOST-PID-STARTED-TOKEN`
+# (STARTED: the process's start time, so that a reused pid is not taken for the owner), so that a later
+# prep can tell one left by a killed prep (SIGKILL, power loss) from one that a live prep is writing.
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+_TEMP_DIR = re.compile(r"(?P<kind>partial|old)-(?P<host>[^-]+)-(?P<pid>[0-9]+)-(?P<started>[0-9]+)-[0-9a-f]+")
+_UNOWNED_TEMP_DIR = re.compile(r"partial-[0-9a-f]{12}")  # named by versions before the owner was
 _STAGING_SCHEMA = pa.schema(
     [("image", pa.list_(pa.list_(pa.uint8()))), ("label", pa.int64()), ("row_id", pa.int64())]
 )
@@ -186,19 +198,73 @@ def check_output_target(target: Path, overwrite: bool) -> None:
         raise PrepError(f"refusing to overwrite {target}: it is not an earlier emotionnet-prep output.")
 
 
+def owner_tag() -> str:
+    """HOST-PID-STARTED of this process, as the names of its temp dirs carry it."""
+    me = psutil.Process()
+    return f"{_HOST}-{me.pid}-{int(me.create_time())}"
+
+
+def _temp_dir(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.{kind}-{owner_tag()}-{secrets.token_hex(6)}"
+
+
+def _owner_is_gone(host: str, pid: int, started: int) -> bool:
+    if host != _HOST:
+        return False  # another machine's prep (a shared file system): nothing here can tell; leave it
+    try:
+        return abs(psutil.Process(pid).create_time() - started) > 1  # the pid now names a later process
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # e.g. access denied: the process exists
+        return False
+
+
+def remove_stale_temp_dirs(target: Path) -> None:
+    """Remove the temp dirs that preps into `target` left when they were killed (nothing runs on SIGKILL),
+    saying so; those of live preps and of other machines stay. A killed prep's previous output, moved
+    aside for the new one, goes back to `target` if nothing is there."""
+    prefix = f".{target.name}."
+    for path in sorted(target.parent.glob(f"{glob.escape(prefix)}*-*")):
+        name = path.name[len(prefix) :]
+        if path.is_symlink() or not path.is_dir():
+            continue
+        if _UNOWNED_TEMP_DIR.fullmatch(name):
+            log.warning("%s was left by an earlier prep that recorded no owner: remove it by hand", path)
+            continue
+        match = _TEMP_DIR.fullmatch(name)
+        if not match:
+            continue
+        host, pid = match["host"], int(match["pid"])
+        if not _owner_is_gone(host, pid, int(match["started"])):
+            continue
+        killed = f"a prep (pid {pid} on {host}) that was killed"
+        if match["kind"] == "old" and not target.exists() and (path / MANIFEST_NAME).is_file():
+            try:
+                os.replace(path, target)
+            except OSError:  # another prep restored it first
+                continue
+            log.warning("restored %s from %s, moved aside by %s", target, path, killed)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed %s, left by %s", path, killed)
+
+
 @contextmanager
 def atomic_output_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     """A fresh directory next to `target` that replaces it only if the block completes; removed otherwise,
-    so an interrupted or failed prep never leaves a partial dataset at `target`."""
+    so an interrupted or failed prep never leaves a partial dataset at `target` (and one that was killed
+    leaves a temp dir that the next prep into `target` removes)."""
+    if target.parent.is_dir():
+        remove_stale_temp_dirs(target)
     check_output_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.partial-{secrets.token_hex(6)}"
+    tmp = _temp_dir(target, "partial")
     try:
         tmp.mkdir(mode=0o755)  # inside the try: an interrupt right after it still removes it
         yield tmp
         check_output_target(target, overwrite)  # something may have appeared there meanwhile
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = _temp_dir(target, "old")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old)

@@ -23,7 +23,7 @@ from data_prep.manifest import Manifest
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.schema import CLASS_NAMES, MANIFEST_NAME, SCHEMA_VERSION, USAGE_TO_SPLIT, features
 from data_prep.synth import write_synthetic_csv
-from data_prep.writer import Sharding
+from data_prep.writer import Sharding, owner_tag
 from tests.conftest import REPO_ROOT, SHARED_FER_CSV
 
 QUIET = PrepOptions(progress=False)
@@ -222,8 +222,9 @@ def test_existing_output_is_refused_without_overwrite(synth_csv, tmp_path, capsy
     assert (not_ours / "keep.txt").read_text() == "precious"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
-def test_interrupted_prep_leaves_nothing_at_target(tmp_path, sig):
+def interrupt_prep_while_writing(tmp_path: Path, sig: signal.Signals) -> tuple[Path, subprocess.Popen, str]:
+    """Runs `emotionnet-prep big.csv out` in a child, sends it `sig` once rows are being written; returns
+    (out, the finished child, its stderr)."""
     big = write_synthetic_csv(tmp_path / "big.csv", rows=3000, seed=3)  # ~25 MB: takes a while to prep
     out = tmp_path / "out"
     process = subprocess.Popen(
@@ -233,7 +234,6 @@ def test_interrupted_prep_leaves_nothing_at_target(tmp_path, sig):
         text=True,
     )
     deadline = time.monotonic() + 60
-    # Wait until rows are being written, then interrupt.
     while (
         not list(tmp_path.glob(".out.partial-*/.staging/*"))
         and process.poll() is None
@@ -243,11 +243,47 @@ def test_interrupted_prep_leaves_nothing_at_target(tmp_path, sig):
     assert process.poll() is None, "prep finished before it could be interrupted"
     os.kill(process.pid, sig)
     _, stderr = process.communicate(timeout=60)
+    return out, process, stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_interrupted_prep_leaves_nothing_at_target(tmp_path, sig):
+    out, process, stderr = interrupt_prep_while_writing(tmp_path, sig)
     assert process.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
     assert not out.exists()
     if sig != signal.SIGKILL:  # a catchable signal also removes the temp dir
         assert "interrupted; nothing was written" in stderr and "Traceback" not in stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv"]
+
+
+def test_a_later_prep_removes_what_a_killed_one_left(synth_csv, tmp_path, capsys):
+    out, _, _ = interrupt_prep_while_writing(tmp_path, signal.SIGKILL)
+    (killed,) = tmp_path.glob(".out.partial-*")  # SIGKILL leaves the temp dir: nothing can remove it then
+    # Temp dirs of preps that are alive (this process), of another machine's prep (on a shared file
+    # system: nothing here can tell whether it lives), and of a process whose pid was reused since.
+    alive = tmp_path / f".out.partial-{owner_tag()}-0a1b2c"
+    elsewhere = tmp_path / ".out.partial-elsewhere-4242-1700000000-0a1b2c"
+    host, pid, _ = owner_tag().split("-")
+    reused = tmp_path / f".out.partial-{host}-{pid}-1700000000-0a1b2c"
+    unowned = tmp_path / ".out.partial-0a1b2c3d4e5f"  # named before temp dirs recorded their owner
+    for path in (alive, elsewhere, reused, unowned):
+        path.mkdir()
+
+    assert main([str(synth_csv), str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert not killed.exists() and not reused.exists()
+    assert alive.exists() and elsewhere.exists() and unowned.exists()
+    assert f"{unowned} was left by an earlier prep that recorded no owner: remove it by hand" in err
+    assert f"removed {killed}, left by a prep (pid " in err and f"removed {reused}," in err
+    assert Manifest.read(out).rows_written == 300
+
+    # Killed between moving its previous output aside and moving the new one in: that output goes back.
+    again = tmp_path / "again"
+    moved_aside = tmp_path / f".again.old-{host}-{pid}-1700000000-0a1b2c"
+    os.replace(out, moved_aside)
+    assert main([str(synth_csv), str(again), "--no-progress"]) == 2
+    assert f"restored {again} from {moved_aside}" in capsys.readouterr().err
+    assert Manifest.read(again).rows_written == 300 and not moved_aside.exists()
 
 
 def test_cli_prints_summary_and_progress(synth_csv, tmp_path, run_prep_cli):
