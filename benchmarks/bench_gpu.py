@@ -16,7 +16,7 @@ perf_counter) after the warm-up steps (which include compilation); the table giv
 hundreds of small kernels per step, so launch overhead, not arithmetic, bounds eager mode; CUDA graphs
 (mode="reduce-overhead") replay the whole compiled graph with one launch.
 
-Imports only torch, torchvision and emotionnet.model / emotionnet.preprocessing: no datasets, MLflow,
+Imports only torch, torchvision and emotionnet.model.emotionnet / emotionnet.data.preprocessing: no datasets, MLflow,
 DeepSpeed or Accelerate needed on the device machine.
 """
 
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from emotionnet.model import EmotionNet, ModelConfig
-from emotionnet.preprocessing import Preprocessing
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.model.emotionnet import EmotionNet, ModelConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LAYOUTS = ("off", "on")  # channels_last

@@ -29,9 +29,14 @@ from benchmarks.report import cpu_model, publish
 from data_prep.prepare import prepare
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES
 from data_prep.synth import write_synthetic_csv
-from emotionnet.data import DataConfig, DatasetNotPreparedError, build_dataloader, load_splits
-from emotionnet.preprocessing import Preprocessing
-from emotionnet.transforms import AugmentConfig, FaceTransform, build_eval_transform, build_train_transform
+from emotionnet.data.loaders import DataConfig, DatasetNotPreparedError, create_loader, load_splits
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.data.transforms import (
+    AugmentConfig,
+    FaceTransform,
+    build_eval_transform,
+    build_train_transform,
+)
 
 BATCH = 8
 TARGET_RATIO = 5.0
@@ -65,7 +70,7 @@ def pipeline_rate(
     name: str, split: datasets.Dataset, transform: FaceTransform, workers: int, batches: int
 ) -> Row:
     cfg = DataConfig(num_workers=workers, persistent_workers=True)
-    loader = build_dataloader(split, transform, BATCH, shuffle=True, drop_last=True, cfg=cfg, seed=0)
+    loader = create_loader(split, transform, BATCH, shuffle=True, drop_last=True, cfg=cfg, seed=0)
     warmup = max(2 * workers * cfg.prefetch_factor, 5)  # worker start-up and first prefetch excluded
     if len(loader) < warmup + batches:
         raise SystemExit(f"the train split has {len(loader)} batches of {BATCH}; need {warmup + batches}")
@@ -82,7 +87,7 @@ def pipeline_rate(
 
 def training_rate(steps: int) -> float:
     """Images/s of one CPU process running full training steps of the default EmotionNet at batch 8."""
-    from emotionnet.model import EmotionNet
+    from emotionnet.model.emotionnet import EmotionNet
 
     model = EmotionNet().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

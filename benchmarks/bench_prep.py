@@ -71,7 +71,7 @@ def naive(csv_path: Path, case: str) -> Result:
 
 
 def prep(input_path: Path, out_dir: Path, case: str) -> Result:
-    command = [sys.executable, "-m", "data_prep.cli", str(input_path), str(out_dir), "--no-progress"]
+    command = [sys.executable, "-m", "emotionnet.cli.prep", str(input_path), str(out_dir), "--no-progress"]
     _, wall, rss = run_measured(command)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     shutil.rmtree(out_dir)

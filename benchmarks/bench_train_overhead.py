@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from benchmarks.report import cpu_model, publish
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.synth import write_synthetic_csv
-from emotionnet import config_loader
-from emotionnet.config import TrainConfig
-from emotionnet.data import DataConfig, build_dataloader, load_splits
-from emotionnet.model import EmotionNet
-from emotionnet.preprocessing import Preprocessing
-from emotionnet.trainer import Trainer, build_accelerator
-from emotionnet.transforms import build_train_transform
+from emotionnet.config import loader as config_loader
+from emotionnet.config.schema import TrainConfig
+from emotionnet.data.loaders import DataConfig, create_loader, load_splits
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.data.transforms import build_train_transform
+from emotionnet.model.emotionnet import EmotionNet
+from emotionnet.train.trainer import Trainer, build_accelerator
 
 SECTION = "## Training overhead (issue 4)"
 TARGET_OVERHEAD = 0.10
@@ -185,7 +185,7 @@ def train_config(data_dir: Path, output_dir: Path, workers: int, steps: int) -> 
 def premade_batches(cfg: TrainConfig, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Augmented batches from the training split, made once, for the minimal loop."""
     pre = Preprocessing(input_size=cfg.model.input_size)
-    loader = build_dataloader(
+    loader = create_loader(
         load_splits(cfg.data.data_dir)["train"],
         build_train_transform(cfg.augment, pre),
         cfg.data.batch_size,

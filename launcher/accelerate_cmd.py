@@ -16,16 +16,16 @@ from typing import Literal
 
 import yaml
 
+from emotionnet import assets
 from launcher import values
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ACCELERATE_CONFIGS = REPO_ROOT / "configs" / "accelerate"
+ACCELERATE_CONFIGS = assets.CONFIGS / "accelerate"
 
 Strategy = Literal["ddp", "deepspeed-zero2", "deepspeed-zero3"]
 Precision = Literal["no", "bf16", "fp16"]
 STRATEGIES: tuple[Strategy, ...] = ("ddp", "deepspeed-zero2", "deepspeed-zero3")
 PRECISIONS: tuple[Precision, ...] = ("no", "bf16", "fp16")
-DEFAULT_MODULE = "emotionnet.train"
+DEFAULT_MODULE = "emotionnet.cli.train"
 
 
 class LaunchError(ValueError):
@@ -140,7 +140,8 @@ def deepspeed_config_file(opts: LaunchOptions) -> Path | None:
     if opts.zero_stage is None:
         return None
     config = yaml.safe_load(accelerate_config_file(opts).read_text())
-    return REPO_ROOT / config["deepspeed_config"]["deepspeed_config_file"]
+    # The accelerate configs name their DeepSpeed JSON relative to the folder holding configs/.
+    return assets.CONFIGS.parent / config["deepspeed_config"]["deepspeed_config_file"]
 
 
 def strategy_args(opts: LaunchOptions) -> list[str]:

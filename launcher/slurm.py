@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emotionnet import assets
 from launcher import values
 from launcher.accelerate_cmd import (
-    REPO_ROOT,
     LaunchError,
     LaunchOptions,
     check_values,
@@ -28,7 +28,7 @@ from launcher.accelerate_cmd import (
     strategy_args,
 )
 
-SLURM_DIR = REPO_ROOT / "slurm"
+SLURM_DIR = assets.SLURM
 TRAIN_TEMPLATE = SLURM_DIR / "train.sbatch"
 PREP_TEMPLATE = SLURM_DIR / "prep.sbatch"
 _SETTINGS = re.compile(r"^# >>> settings.*?\n(.*?)^# <<< settings\n", re.M | re.S)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from emotionnet import evaluate
-from emotionnet.export import load_export, save_export
+from emotionnet.cli import eval as eval_cli
+from emotionnet.inference.export import load_export, save_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TTA_MODES = ("none", "flip", "tencrop")
@@ -31,7 +31,7 @@ def evaluate_bundle(bundle: Path, data: Path, confusion_png: Path) -> dict[str, 
     for tta in TTA_MODES:
         args = [str(bundle), str(data), "--split", "validation", "--tta", tta, "--no-progress",
                 "--confusion-png", str(confusion_png)]  # fmt: skip
-        summaries[tta], _, _ = evaluate.run(evaluate.build_parser().parse_args(args))
+        summaries[tta], _, _ = eval_cli.run(eval_cli.build_parser().parse_args(args))
     return summaries  # the PNG is left from the last mode: ten-crop
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from emotionnet.mlflow_ui import LOOPBACK, server_command  # noqa: E402
+from emotionnet.tracking.ui import LOOPBACK, server_command  # noqa: E402
 from tests.training_utils import TINY_CONFIG, free_port, prepared_synthetic  # noqa: E402
 
 CHROMIUM_FLAGS = (
@@ -35,7 +35,7 @@ CHROMIUM_FLAGS = (
 
 
 def train_demo_run(output_dir: Path) -> None:
-    from emotionnet.train import run
+    from emotionnet.cli.train import run
 
     data = prepared_synthetic(output_dir / "data", rows=600)
     code, _ = run(

@@ -49,7 +49,7 @@ def run_prep_cli():
 
     def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "data_prep.cli", *map(str, args)],
+            [sys.executable, "-m", "emotionnet.cli.prep", *map(str, args)],
             capture_output=True,
             text=True,
             timeout=timeout,

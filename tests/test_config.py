@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from emotionnet import config_loader
-from emotionnet.config import TrainConfig
-from emotionnet.config_loader import ConfigError
-from emotionnet.train import parse_args
+from emotionnet.config import loader as config_loader
+from emotionnet.config.args import parse_train_args as parse_args
+from emotionnet.config.loader import ConfigError
+from emotionnet.config.schema import TrainConfig
 from tests.training_utils import REPO_ROOT, TINY_CONFIG
 
 
@@ -86,7 +86,7 @@ def test_flatten_gives_dotted_keys():
 
 def test_cli_reports_config_errors_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "emotionnet.train", "optim.nope=1"], capture_output=True, text=True, cwd=REPO_ROOT,
+        [sys.executable, "-m", "emotionnet.cli.train", "optim.nope=1"], capture_output=True, text=True, cwd=REPO_ROOT,
         timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
@@ -96,7 +96,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
 
 def test_cli_reports_missing_data_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "emotionnet.train", f"data.data_dir={tmp_path / 'none'}",
+        [sys.executable, "-m", "emotionnet.cli.train", f"data.data_dir={tmp_path / 'none'}",
          f"data.csv_file={tmp_path / 'none.csv'}"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2

@@ -13,16 +13,16 @@ from accelerate.data_loader import prepare_data_loader
 from torchvision.transforms.v2 import functional as F
 
 from data_prep.schema import IMAGE_SIZE, MANIFEST_NAME, NUM_CLASSES, SCHEMA_VERSION, features
-from emotionnet.data import (
+from emotionnet.data.loaders import (
     DataConfig,
     DatasetNotPreparedError,
     FaceDataset,
-    build_dataloader,
     class_counts,
+    create_loader,
     load_splits,
 )
-from emotionnet.preprocessing import Preprocessing
-from emotionnet.transforms import AugmentConfig, build_eval_transform, build_train_transform, tta_views
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.data.transforms import AugmentConfig, build_eval_transform, build_train_transform, tta_views
 
 ALL_OFF = AugmentConfig(
     hflip_p=0.0,
@@ -281,7 +281,7 @@ def _assert_same_batches(a, b):
 
 def _train_loader(splits, workers: int, seed: int, shuffle: bool = True, drop_last: bool = False):
     transform = build_train_transform(AugmentConfig(), Preprocessing())
-    return build_dataloader(splits["train"], transform, 8, shuffle, drop_last, _cfg(workers), seed)
+    return create_loader(splits["train"], transform, 8, shuffle, drop_last, _cfg(workers), seed)
 
 
 def test_dataloader_batches_shapes_and_cpu_settings(splits):
@@ -308,7 +308,7 @@ def test_same_seed_same_batches_with_and_without_workers(splits):
 
 def test_persistent_workers_follow_the_epoch(splits):
     transform = build_train_transform(AugmentConfig(), Preprocessing())
-    loader = build_dataloader(splits["train"], transform, 8, False, False, _cfg(2), seed=5)
+    loader = create_loader(splits["train"], transform, 8, False, False, _cfg(2), seed=5)
     assert loader.persistent_workers
     epoch0, epoch1, epoch0_again = _epoch(loader, 0), _epoch(loader, 1), _epoch(loader, 0)
     assert torch.equal(epoch0[0]["row_id"], epoch1[0]["row_id"])  # no shuffling: same samples
@@ -320,7 +320,7 @@ def test_persistent_workers_follow_the_epoch(splits):
 def test_every_sample_once_per_epoch(splits, drop_last):
     train = splits["train"].select(range(45))  # not a multiple of the batch size
     transform = build_eval_transform(Preprocessing())
-    loader = build_dataloader(train, transform, 8, True, drop_last, _cfg(0), seed=0)
+    loader = create_loader(train, transform, 8, True, drop_last, _cfg(0), seed=0)
     row_ids = torch.cat([batch["row_id"] for batch in _epoch(loader)]).tolist()
     assert len(row_ids) == len(set(row_ids))
     if drop_last:

@@ -14,7 +14,7 @@ import datasets
 import pytest
 import torch
 
-from emotionnet.export import load_export
+from emotionnet.inference.export import load_export
 from tests.training_utils import (
     EASY_OPTIMIZATION,
     accelerate_command,

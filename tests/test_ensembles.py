@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from emotionnet import evaluate
-from emotionnet.config import ScheduleConfig
-from emotionnet.ema import WeightEMA
-from emotionnet.inference import ProbabilityAverage
-from emotionnet.optim import cycle_end_steps
-from emotionnet.train import run as train_run
-from emotionnet.transforms import AugmentConfig, build_batch_mixing
+from emotionnet.cli.eval import main as eval_main
+from emotionnet.cli.train import run as train_run
+from emotionnet.config.schema import ScheduleConfig
+from emotionnet.data.transforms import AugmentConfig, build_batch_mixing
+from emotionnet.inference.ensemble import ProbabilityAverage
+from emotionnet.train.ema import WeightEMA
+from emotionnet.train.optim import cycle_end_steps
 from tests.training_utils import REPO_ROOT, prepared_synthetic, read_jsonl
 
 
@@ -101,7 +101,7 @@ def test_snapshot_ensemble_with_ema_and_mixing_in_a_real_run(tmp_path, capsys):
     capsys.readouterr()
     args = [*map(str, snapshots), str(data), "--split", "validation", "--json", "--no-progress",
             "--confusion-png", str(tmp_path / "cm.png")]  # fmt: skip
-    assert evaluate.main(args) == 0
+    assert eval_main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 40 and len(summary["models"]) == 2
     assert summary["accuracy"] == pytest.approx(logged["snapshots_validation/accuracy"])

@@ -14,12 +14,13 @@ import torch
 
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.schema import CLASS_NAMES
-from emotionnet.data import load_splits
-from emotionnet.evaluate import evaluate, main, metric_prefix
-from emotionnet.export import DESCRIPTION_NAME, load_export, save_export
-from emotionnet.inference import DEFAULT_MODEL_ENV, Ensemble
-from emotionnet.model import EmotionNet, ModelConfig
-from emotionnet.preprocessing import Preprocessing
+from emotionnet.cli.eval import main
+from emotionnet.data.loaders import load_splits
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.evaluation.evaluate import evaluate, metric_prefix
+from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble
+from emotionnet.inference.export import DESCRIPTION_NAME, load_export, save_export
+from emotionnet.model.emotionnet import EmotionNet, ModelConfig
 
 TINY = ModelConfig(
     backbone_stages=3, output_stride=8, d_model=32, depth=1, heads=2, spatial_heads=2, head_hidden=32

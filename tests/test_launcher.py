@@ -11,9 +11,10 @@ import pytest
 import yaml
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
+from emotionnet.cli.launch import main
 from launcher import slurm
 from launcher.accelerate_cmd import LaunchError, LaunchOptions
-from launcher.cli import main, slurm_parser
+from launcher.commands import slurm_parser
 
 TRAIN_ARGS = ["--config", "tests/configs/tiny.yaml", "optim.lr=1e-3"]
 
@@ -36,7 +37,7 @@ def accelerate_reads(command: str):
     assert words[:2] == ["accelerate", "launch"]
     args = launch_command_parser().parse_args(words[2:])
     resolved, _, _ = _validate_launch_command(args)
-    assert resolved.module and resolved.training_script == "emotionnet.train"
+    assert resolved.module and resolved.training_script == "emotionnet.cli.train"
     assert resolved.training_script_args == TRAIN_ARGS
     return resolved, env
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torchvision.models import efficientnet_b0
 
 from emotionnet import EmotionNet, ModelConfig
-from emotionnet.backbone import Backbone, PretrainedWeightsError, imagenet_cache_path
-from emotionnet.summary import main as summary_main
+from emotionnet.cli.summary import main as summary_main
+from emotionnet.model.backbone import Backbone, PretrainedWeightsError, imagenet_cache_path
 
 torch.set_num_threads(2)
 

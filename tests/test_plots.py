@@ -1,4 +1,4 @@
-"""emotionnet.plots: what each figure shows, and atomic PNG writes."""
+"""emotionnet.evaluation.plots: what each figure shows, and atomic PNG writes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from data_prep.schema import CLASS_NAMES
-from emotionnet.plots import confusion_matrix_figure, misclassified_grid, save_figure, training_curves
+from emotionnet.evaluation.plots import (
+    confusion_matrix_figure,
+    misclassified_grid,
+    save_figure,
+    training_curves,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

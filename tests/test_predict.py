@@ -14,8 +14,9 @@ from matplotlib import cbook
 
 from data_prep.schema import CLASS_NAMES
 from data_prep.synth import render_faces
-from emotionnet.inference import BUNDLED_MODEL_DIR, DEFAULT_MODEL_ENV, Ensemble
-from emotionnet.predict import main
+from emotionnet.assets import BUNDLED_MODEL
+from emotionnet.cli.predict import main
+from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble
 from tests.test_evaluate import make_export, one_torch_thread  # noqa: F401 (an autouse fixture)
 
 
@@ -129,9 +130,9 @@ def test_bad_paths_are_one_sentence(capsys, tmp_path, model):
 def test_the_bundled_model_is_the_default(capsys, monkeypatch, photo):
     """A new user classifies a photo right after install: no --model, no environment variable."""
     monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
-    assert (BUNDLED_MODEL_DIR / "model.safetensors").is_file()
+    assert (BUNDLED_MODEL / "model.safetensors").is_file()
     output = predict_json(capsys, photo)
-    assert output["models"] == [str(BUNDLED_MODEL_DIR)]
+    assert output["models"] == [str(BUNDLED_MODEL)]
     (image,) = output["images"]
     (face,) = image["faces"]
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

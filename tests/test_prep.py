@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from datasets.table import MemoryMappedTable
 
-from data_prep.cli import main
 from data_prep.manifest import Manifest
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.schema import CLASS_NAMES, MANIFEST_NAME, SCHEMA_VERSION, USAGE_TO_SPLIT, features
 from data_prep.synth import write_synthetic_csv
 from data_prep.writer import Sharding, owner_tag
+from emotionnet.cli.prep import main
 from tests.conftest import REPO_ROOT, SHARED_FER_CSV
 
 QUIET = PrepOptions(progress=False)
@@ -228,7 +228,7 @@ def interrupt_prep_while_writing(tmp_path: Path, sig: signal.Signals) -> tuple[P
     big = write_synthetic_csv(tmp_path / "big.csv", rows=3000, seed=3)  # ~25 MB: takes a while to prep
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "data_prep.cli", str(big), str(out), "--no-progress", "--num-shards", "1"],
+        [sys.executable, "-m", "emotionnet.cli.prep", str(big), str(out), "--no-progress", "--num-shards", "1"],
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,12 +11,12 @@ import datasets
 import numpy as np
 import pytest
 
-from data_prep.cli import main
 from data_prep.csv_source import MAX_LINE_BYTES, LineCutter, split_lines
 from data_prep.manifest import Manifest
 from data_prep.prepare import BadRowsError, PrepOptions, prepare
 from data_prep.records import PrepError
 from data_prep.schema import MANIFEST_NAME, SPLITS
+from emotionnet.cli.prep import main
 
 
 def _edit_pixels(edit):

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from emotionnet import config_loader
-from emotionnet.config import TrainConfig
-from emotionnet.export import load_export
-from emotionnet.mlflow_replay import main as replay_main
-from emotionnet.mlflow_ui import LOOPBACK, server_command
-from emotionnet.redact import REDACTED, redact_tree
-from emotionnet.tracking import RunRecord, build_trackers
-from emotionnet.train import run as train_run
+from emotionnet.cli.replay import main as replay_main
+from emotionnet.cli.train import run as train_run
+from emotionnet.config import loader as config_loader
+from emotionnet.config.schema import TrainConfig
+from emotionnet.inference.export import load_export
+from emotionnet.tracking.mlflow_tracker import RunRecord, build_trackers
+from emotionnet.tracking.redact import REDACTED, redact_tree
+from emotionnet.tracking.ui import LOOPBACK, server_command
 from tests.training_utils import (
     REPO_ROOT,
     TINY_CONFIG,
@@ -225,7 +225,7 @@ def test_server_killed_mid_run_then_replay(data_dir, tmp_path, mlflow_server, no
     )  # fmt: skip
     killer.join(timeout=60)
     assert code == 0 and trainer.progress.step == 15
-    warnings = [r.getMessage() for r in caplog.records if r.name == "emotionnet.tracking"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "emotionnet.tracking.mlflow_tracker"]
     assert len([w for w in warnings if "emotionnet-mlflow-replay" in w]) == 1  # warned once
 
     mlflow_server.start()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emotionnet.trainer import EXIT_PREEMPTED
+from emotionnet.exit_codes import ExitCode
 from tests.training_utils import (
     EASY_OPTIMIZATION,
     REPO_ROOT,
@@ -121,10 +121,10 @@ def test_sigterm_checkpoints_exits_75_and_resume_completes(tmp_path, data_dir):
     _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, process)  # past step 10
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
-    assert process.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert process.returncode == ExitCode.PREEMPTED, err[-3000:]
     checkpoints = sorted((tmp_path / "pre" / "checkpoints").iterdir())
     assert len(checkpoints) == 1 and checkpoints[0].name != "step_00000080"
-    assert f"exiting with code {EXIT_PREEMPTED}" in err
+    assert f"exiting with code {ExitCode.PREEMPTED}" in err
 
     resumed = run(train_command(*common, "--resume", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

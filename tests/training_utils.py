@@ -40,7 +40,7 @@ def train_env() -> dict[str, str]:
 
 
 def train_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "emotionnet.train", "--config", str(TINY_CONFIG), *args]
+    return [sys.executable, "-m", "emotionnet.cli.train", "--config", str(TINY_CONFIG), *args]
 
 
 def accelerate_command(accelerate_config: str, num_processes: int, *script_args: str) -> list[str]:

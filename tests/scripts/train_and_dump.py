@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from emotionnet.train import run
-from emotionnet.trainer import Trainer
+from emotionnet.cli.train import run
+from emotionnet.train.trainer import Trainer
 
 FAIL_RANK = os.environ.get("EMOTIONNET_TEST_FAIL_RANK")
 

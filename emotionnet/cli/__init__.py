@@ -1,0 +1,1 @@
+"""Thin command-line entry points: parse, call one function, map errors to exit codes (exit_codes.py)."""

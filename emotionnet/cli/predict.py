@@ -1,0 +1,83 @@
+"""`emotionnet-predict PATH...`: find the faces in photos and classify each one's expression."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from emotionnet.data.transforms import TTA_MODES
+from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, ModelLoadError, pick_device
+from emotionnet.inference.predict import ImageResult, PredictInputError, predict
+
+PROG = "emotionnet-predict"
+
+
+def format_text(results: list[ImageResult]) -> str:
+    lines = []
+    for result in results:
+        if result.error:
+            lines.append(f"{result.path}: error: {result.error}")
+        elif not result.faces:
+            lines.append(f"{result.path}: no face found")
+        for k, face in enumerate(result.faces, start=1):
+            where = "whole image" if not face.detected else "x={} y={} w={} h={}".format(*face.box)
+            probs = " ".join(f"{name} {p:.3f}" for name, p in face.probabilities.items())
+            lines.append(f"{result.path}: face {k} ({where}): {face.label} | {probs}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Find faces in photos (OpenCV Haar cascade) and classify their expression. "
+        "48x48 images are taken as FER2013 face crops and classified whole.",
+        epilog=exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="model export directory or MLflow model URI; repeat for an ensemble "
+        f"(default: ${DEFAULT_MODEL_ENV} or the bundled model)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--annotate", metavar="OUT_DIR", type=Path, help="write images with boxes and labels")
+    parser.add_argument("--no-detect", action="store_true", help="classify each whole image as one face")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ensemble = Ensemble.load(args.model, pick_device(args.device))
+        results = predict(
+            args.paths, ensemble, not args.no_detect, args.tta, args.annotate, not args.no_progress
+        )
+    except (PredictInputError, ModelLoadError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    except OSError as err:  # the annotated images' folder
+        print(
+            f"{PROG}: error: cannot write {err.filename or args.annotate}: {err.strerror or err}",
+            file=sys.stderr,
+        )
+        return ExitCode.BAD_INPUT
+    if args.json:
+        print(json.dumps({"models": ensemble.sources, "images": [asdict(r) for r in results]}))
+    else:
+        print(format_text(results))
+    return ExitCode.BAD_INPUT if any(r.error for r in results) else ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

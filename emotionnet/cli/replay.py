@@ -1,0 +1,34 @@
+"""`emotionnet-mlflow-replay RUN_DIR`: put what a tracking outage missed into the run's MLflow run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.tracking import replay as replay_module
+from emotionnet.tracking.replay import ReplayError, replay
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="emotionnet-mlflow-replay",
+        description=replay_module.__doc__,
+        epilog=exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", type=Path, help="a training run directory (holds metrics.jsonl)")
+    parser.add_argument("--tracking-uri", help="the MLflow store to write to (default: the one the run used)")
+    args = parser.parse_args(argv)
+    try:
+        uploaded, present = replay(args.run_dir, args.tracking_uri)
+    except ReplayError as err:
+        print(f"emotionnet-mlflow-replay: {err}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    print(f"{args.run_dir}: uploaded {uploaded} metric values, {present} were already in MLflow")
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

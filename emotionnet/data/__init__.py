@@ -1,0 +1,1 @@
+"""Prepared Arrow datasets into batches: data sources, preprocessing, augmentation, loaders."""

@@ -1,0 +1,167 @@
+"""Arrow shards -> batches: memory-mapped splits, a batched-read Dataset and its DataLoader."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from data_prep.schema import IMAGE_SIZE, MANIFEST_NAME, SCHEMA_VERSION, features
+from emotionnet.data.transforms import FaceTransform
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = "dataset/fer2013"  # directory written by the prep stage (Arrow shards + manifest)
+    csv_file: str | None = None  # a FER2013 CSV to train on: prepped once into prep_cache_dir/<sha256>
+    prep_cache_dir: str = "dataset/cache"
+    batch_size: int = 8  # per device
+    eval_batch_size: int = 64
+    num_workers: int = 4
+    pin_memory: bool = True  # only takes effect when CUDA is available
+    persistent_workers: bool = True  # only with num_workers > 0
+    prefetch_factor: int = 2  # batches per worker; only with num_workers > 0
+
+
+class DatasetNotPreparedError(ValueError):
+    """The data directory is missing, was not written by the prep stage, or by an incompatible version."""
+
+
+def load_splits(data_dir: str | Path) -> datasets.DatasetDict:
+    """Memory-map the prepared splits, after checking the manifest's schema version and the columns."""
+    path = Path(data_dir)
+    hint = "run `emotionnet-prep` to prepare it"
+    manifest = path / MANIFEST_NAME
+    if not path.is_dir():
+        raise DatasetNotPreparedError(f"{path}: no such dataset directory; {hint}")
+    if not manifest.is_file():
+        raise DatasetNotPreparedError(f"{path} is not a prepared dataset (no {MANIFEST_NAME}); {hint}")
+    try:
+        version = json.loads(manifest.read_text())["schema_version"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DatasetNotPreparedError(f"{manifest}: unreadable manifest, no schema_version; {hint}") from err
+    if version != SCHEMA_VERSION:
+        raise DatasetNotPreparedError(
+            f"{path} was prepared with schema version {version} but this code reads version {SCHEMA_VERSION}; "
+            f"{hint} again"
+        )
+    try:
+        splits = datasets.load_from_disk(str(path), keep_in_memory=False)
+    except FileNotFoundError as err:
+        raise DatasetNotPreparedError(f"{path} has a manifest but no saved splits; {hint}") from err
+    if not isinstance(splits, datasets.DatasetDict):
+        raise DatasetNotPreparedError(
+            f"{path} holds a single dataset, not the train/validation/test splits; {hint}"
+        )
+    expected = features()
+    for name, split in splits.items():
+        if split.features != expected:
+            raise DatasetNotPreparedError(
+                f"{path}: split {name!r} has columns {dict(split.features)}, expected {dict(expected)}; {hint} again"
+            )
+    return splits
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 64-bit seed for one sample's augmentation in one epoch."""
+    digest = hashlib.blake2b(struct.pack("<qqq", seed, epoch, index), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """One split as {"pixel_values": float (1, S, S), "labels": int64, "row_id": int64} samples.
+
+    With `seed`, each sample's augmentation is drawn from (seed, epoch, index) alone, so batches are the
+    same whatever the number of workers or processes, and a resumed run skipping consumed batches sees
+    the same augmentations as an uninterrupted one. Call `set_epoch` before iterating each epoch
+    (Accelerate's prepared loader's `set_epoch` forwards it here unless its sampler has its own).
+    """
+
+    def __init__(self, split: datasets.Dataset, transform: FaceTransform, seed: int | None = None):
+        self.split = split
+        self.transform = transform
+        self.seed = seed
+        # Arrow format: the numpy formatter widens uint8 faces to int64 and is ~4x slower.
+        self._rows = split.with_format("arrow", columns=["image", "label", "row_id"])
+        # Shared memory so persistent DataLoader workers see epoch changes made in the main process.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        # One Arrow read per batch: per-row access costs several times more per sample.
+        indices = [int(i) for i in indices]
+        rows = self._rows[indices].combine_chunks()
+        # Array2D storage is list<list<uint8>>; its flattened values are the faces, row after row.
+        pixels_u8 = (
+            rows.column("image")
+            .chunk(0)
+            .storage.flatten()
+            .flatten()
+            .to_numpy(zero_copy_only=False, writable=True)
+        )
+        images = torch.from_numpy(pixels_u8.reshape(len(indices), 1, IMAGE_SIZE, IMAGE_SIZE))
+        seeds = None
+        if self.seed is not None and not self.transform.deterministic:
+            epoch = self.epoch
+            seeds = [sample_seed(self.seed, epoch, i) for i in indices]
+        pixels = self.transform(images, seeds)
+        labels = torch.from_numpy(rows.column("label").chunk(0).to_numpy().astype(np.int64))
+        row_ids = torch.from_numpy(rows.column("row_id").chunk(0).to_numpy().astype(np.int64))
+        return [
+            {"pixel_values": pixels[k], "labels": labels[k], "row_id": row_ids[k]}
+            for k in range(len(indices))
+        ]
+
+
+def create_loader(
+    split_ds: datasets.Dataset,
+    transform: FaceTransform,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool,
+    cfg: DataConfig,
+    seed: int,
+) -> DataLoader:
+    """A plain DataLoader; Accelerate's `prepare` shards its batches across processes.
+
+    The seeded generator fixes the shuffling order (Accelerate synchronizes it across processes) and
+    the seed fixes every sample's augmentation (see FaceDataset).
+    """
+    workers = cfg.num_workers > 0
+    return DataLoader(
+        FaceDataset(split_ds, transform, seed=seed),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        persistent_workers=cfg.persistent_workers and workers,
+        prefetch_factor=cfg.prefetch_factor if workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def class_counts(split_ds: datasets.Dataset) -> list[int]:
+    """Rows per class, in class-index order (zeros included), for class-balanced loss weights."""
+    labels = split_ds.with_format("numpy", columns=["label"])["label"]
+    return np.bincount(labels, minlength=split_ds.features["label"].num_classes).tolist()

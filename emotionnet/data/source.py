@@ -1,0 +1,63 @@
+"""Find the Arrow dataset to train on: a prepared directory, or a CSV prepped into a sha256-keyed cache."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from data_prep.manifest import Manifest
+from data_prep.prepare import PrepOptions, prepare
+from data_prep.records import PrepError
+from data_prep.schema import MANIFEST_NAME
+from emotionnet.data.loaders import DataConfig
+
+log = logging.getLogger(__name__)
+
+# The seed project's default CSV location, used when nothing else is configured.
+SEED_DEFAULT_CSV = "dataset/fer2013/fer2013.csv"
+
+
+class DataSourceError(ValueError):
+    """Neither a prepared dataset nor a CSV to prepare was found."""
+
+
+def is_prepared(directory: str | Path) -> bool:
+    return (Path(directory) / MANIFEST_NAME).is_file()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_data_dir(cfg: DataConfig) -> Path:
+    """`data.csv_file` if set (prepped into the cache), else a prepared `data.data_dir`, else the seed's CSV."""
+    if cfg.csv_file is None and is_prepared(cfg.data_dir):
+        return Path(cfg.data_dir)
+    csv = Path(cfg.csv_file or SEED_DEFAULT_CSV)
+    if not csv.is_file():
+        raise DataSourceError(
+            f"no prepared dataset at {cfg.data_dir} and no CSV at {csv}: run `emotionnet-prep CSV {cfg.data_dir}` "
+            "or pass --csv_file (try `emotionnet-synth demo.csv` for synthetic data)"
+        )
+    return prepared_cache(csv, Path(cfg.prep_cache_dir))
+
+
+def prepared_cache(csv: Path, cache_root: Path) -> Path:
+    """Prep `csv` once into `<cache_root>/<sha256[:16]>/`; later runs with the same bytes reuse it."""
+    sha = file_sha256(csv)
+    target = cache_root / sha[:16]
+    if is_prepared(target) and Manifest.read(target).source.sha256 == sha:
+        log.info("using prepared cache %s for %s", target, csv)
+        return target
+    log.info("preparing %s into cache %s", csv, target)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare(csv, target, PrepOptions(overwrite=True))
+    except PrepError as err:
+        raise DataSourceError(str(err)) from err
+    return target

@@ -1,0 +1,1 @@
+"""Scoring models: the evaluation result, metrics, `evaluate()`, report files and plots."""

@@ -1,0 +1,134 @@
+"""`emotionnet-eval [MODEL...] DATA`: accuracy, macro-F1, per-class table and confusion matrix of a model
+(or an ensemble of models, probabilities averaged) on a prepared dataset split or a FER2013 CSV."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data_prep.prepare import PrepOptions, prepare
+from data_prep.schema import USAGE_TO_SPLIT
+from emotionnet.data.loaders import load_splits
+from emotionnet.data.transforms import TTAMode
+from emotionnet.evaluation.metrics import ClassificationReport, confusion_matrix
+from emotionnet.evaluation.result import EvalResult
+from emotionnet.inference.ensemble import Ensemble
+from emotionnet.inference.export import DESCRIPTION_NAME
+
+PROG = "emotionnet-eval"
+# An Arrow dataset is scored on PublicTest unless told otherwise: it is the split models are selected and
+# reported on; the held-out PrivateTest (`--split test`) is meant to be looked at once, at the end.
+DEFAULT_ARROW_SPLIT = "validation"
+ALL_ROWS = "all"
+
+
+class EvalInputError(ValueError):
+    """Bad data or tracking arguments; the message is one sentence for the user."""
+
+
+@dataclass
+class EvalData:
+    rows: datasets.Dataset
+    label: str  # the split's name, or "all" for every row of a CSV
+    source: str
+
+
+def check_data_path(data: str) -> Path:
+    """Fail fast (before models load or a CSV converts) on a DATA that is missing or is a model."""
+    path = Path(data)
+    if not path.exists():
+        raise EvalInputError(f"{data}: no such dataset directory or CSV file")
+    if (path / DESCRIPTION_NAME).is_file():
+        raise EvalInputError(f"{data} is a model export, not data: DATA comes last, after the models")
+    return path
+
+
+def open_data(data: str, split: str | None, workdir: Path, progress: bool = True) -> EvalData:
+    """A prepared Arrow dataset's split, or a FER2013 CSV converted by the prep code into `workdir`.
+
+    A CSV without `split` gives all its rows, whatever their Usage."""
+    path = check_data_path(data)
+    if path.is_dir():
+        splits = load_splits(path)
+        label = split or DEFAULT_ARROW_SPLIT
+    else:
+        prepare(path, workdir / "prepared", PrepOptions(progress=progress))
+        splits = load_splits(workdir / "prepared")
+        label = split or ALL_ROWS
+    if label == ALL_ROWS:
+        return EvalData(datasets.concatenate_datasets(list(splits.values())), ALL_ROWS, data)
+    if label not in splits:
+        usage = {v: k for k, v in USAGE_TO_SPLIT.items()}[label]
+        raise EvalInputError(
+            f"{data} has no {label!r} split ({usage} rows); it has {', '.join(splits) or 'none'}"
+        )
+    if len(splits[label]) == 0:
+        raise EvalInputError(f"{data}: the {label!r} split has no rows")
+    return EvalData(splits[label], label, data)
+
+
+def evaluate(
+    ensemble: Ensemble,
+    rows: datasets.Dataset,
+    tta: TTAMode = "none",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> EvalResult:
+    """Score every row in batches (one pass over the data for all ensemble members)."""
+    probs, labels, row_ids = [], [], []
+    batches = rows.with_format("numpy", columns=["image", "label", "row_id"]).iter(batch_size=batch_size)
+    total = -(-len(rows) // batch_size)
+    for batch in tqdm(batches, total=total, desc="eval", unit="batch", disable=not progress, file=sys.stderr):
+        # The numpy formatter widens the uint8 faces; the models' preprocessing expects uint8.
+        faces = torch.from_numpy(batch["image"].astype("uint8"))
+        probs.append(ensemble.predict_proba(faces, tta))
+        labels.append(torch.from_numpy(batch["label"]).long())
+        row_ids.append(torch.from_numpy(batch["row_id"]).long())
+    probs_t, labels_t = torch.cat(probs), torch.cat(labels)
+    report = ClassificationReport(confusion_matrix(labels_t, probs_t.argmax(-1), len(ensemble.class_names)))
+    loss = float(F.nll_loss(probs_t.clamp(min=1e-12).log(), labels_t))
+    return EvalResult(report, loss, probs_t, labels_t, torch.cat(row_ids))
+
+
+def metric_prefix(label: str, tta: str) -> str:
+    """MLflow metric prefix, distinct from the trainer's own `validation/` and `test/` metrics."""
+    return f"eval_{label}" + (f"_{tta}" if tta != "none" else "")
+
+
+class MlflowRunLogger:
+    """Logs an evaluation into an existing MLflow run (tracking URI from MLFLOW_TRACKING_URI)."""
+
+    def __init__(self, run_id: str):
+        from mlflow import MlflowClient  # slow import: only when asked to log
+        from mlflow.exceptions import MlflowException
+
+        self._error = MlflowException
+        self.client = MlflowClient()
+        self.run_id = run_id
+        try:
+            self.client.get_run(run_id)  # fail before the evaluation, not after it
+        except MlflowException as err:
+            raise EvalInputError(
+                f"MLflow run {run_id} cannot be used at {self.client.tracking_uri}: {err.message.splitlines()[0]}"
+            ) from err
+
+    def log(self, prefix: str, outcome: EvalResult, summary: dict, class_names, png: Path) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in outcome.metrics(prefix, class_names).items()]
+        try:
+            self.client.log_batch(self.run_id, metrics=metrics)
+            self.client.log_dict(self.run_id, summary, f"evaluation/{prefix}.json")
+            self.client.log_artifact(self.run_id, str(png), artifact_path="evaluation")
+        except self._error as err:
+            raise EvalInputError(
+                f"logging to MLflow run {self.run_id} failed: {err.message.splitlines()[0]}"
+            ) from err

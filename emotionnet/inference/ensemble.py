@@ -1,0 +1,173 @@
+"""Models for inference: load exports or MLflow models (one or an ensemble) and classify uint8 faces.
+
+Shared by `emotionnet-eval` and `emotionnet-predict`. An ensemble averages its members' class
+probabilities; each member applies its own preprocessing and test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_prep.schema import CLASS_NAMES
+from emotionnet.assets import BUNDLED_MODEL
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.data.transforms import TTAMode, tta_views
+from emotionnet.inference.export import DESCRIPTION_NAME, load_export, read_description
+from emotionnet.run_layout import EXPORTS
+
+# Used when no model is given. The bundled model lives in the source tree (next to the package);
+# EMOTIONNET_MODEL points elsewhere (e.g. an installed copy or your own export).
+DEFAULT_MODEL_ENV = "EMOTIONNET_MODEL"
+MLFLOW_URI_SCHEMES = ("runs:/", "models:/")
+
+
+class ModelLoadError(ValueError):
+    """A model argument that cannot be loaded; the message says which and why, in one sentence."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # in eval mode, on its device
+    preprocessing: Preprocessing
+    class_names: tuple[str, ...]
+    source: str  # what the user passed
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def default_model_dir() -> Path:
+    """The model used when none is given: $EMOTIONNET_MODEL, else the bundled one."""
+    return Path(os.environ.get(DEFAULT_MODEL_ENV) or BUNDLED_MODEL)
+
+
+def resolve_model_specs(specs: Sequence[str]) -> list[str]:
+    """The given models, or the default one (checked to exist) when none is given."""
+    if specs:
+        return list(specs)
+    path = default_model_dir()
+    if not (path / DESCRIPTION_NAME).is_file():
+        raise ModelLoadError(
+            f"no model given and the default model {path} is not there "
+            f"(pass a model export directory or MLflow model URI, or set {DEFAULT_MODEL_ENV})"
+        )
+    return [str(path)]
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_model(spec: str, device: torch.device) -> LoadedModel:
+    """An export directory (`best/`, `final/`, the bundled model) or an MLflow model URI."""
+    if spec.startswith(MLFLOW_URI_SCHEMES):
+        return _load_mlflow_model(spec, device)
+    path = Path(spec)
+    if not path.exists():
+        raise ModelLoadError(f"{spec}: no such model directory (nor a runs:/ or models:/ MLflow URI)")
+    if not (path / DESCRIPTION_NAME).is_file():
+        exports = [name for name in EXPORTS if (path / name / DESCRIPTION_NAME).is_file()]
+        hint = f"; pass {path / exports[0]} instead" if exports else ""
+        raise ModelLoadError(f"{spec} is not an EmotionNet model export (no {DESCRIPTION_NAME}){hint}")
+    try:
+        model, description = load_export(path, device)
+    except (ValueError, RuntimeError, OSError) as err:  # bad description / weights that do not fit it
+        raise ModelLoadError(f"{spec}: cannot load the model export: {_first_line(err)}") from err
+    return LoadedModel(model, description.preprocessing, tuple(description.class_names), spec)
+
+
+def _load_mlflow_model(uri: str, device: torch.device) -> LoadedModel:
+    import mlflow.pytorch  # slow import: only when an MLflow model is asked for
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="emotionnet-mlflow-model-") as tmp:
+        try:
+            model = mlflow.pytorch.load_model(uri, dst_path=tmp, map_location=device)
+        except (MlflowException, OSError) as err:
+            raise ModelLoadError(f"{uri}: cannot load the MLflow model: {_first_line(err)}") from err
+        # A model logged with its export description (extra_files) carries its exact preprocessing.
+        found = sorted(Path(tmp).rglob(DESCRIPTION_NAME))
+        description = read_description(found[0].parent) if found else None
+    if description is not None:
+        preprocessing, class_names = description.preprocessing, tuple(description.class_names)
+    else:
+        config = getattr(model, "config", None)
+        if config is None:
+            raise ModelLoadError(f"{uri} is not an EmotionNet model (it has no model config)")
+        preprocessing, class_names = Preprocessing(input_size=config.input_size), CLASS_NAMES
+    try:
+        model = model.to(device).float().eval()
+    except NotImplementedError:
+        pass  # a torch.export program (MLflow's "pt2" format): traced in eval mode, stays where loaded
+    return LoadedModel(model, preprocessing, class_names, uri)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def tta_probabilities(
+    model: nn.Module, pixels: torch.Tensor, tta: TTAMode, preprocessing: Preprocessing
+) -> torch.Tensor:
+    """Class probabilities (B, K) of preprocessed faces (B, 1, S, S), averaged over the TTA views."""
+    views = tta_views(pixels, tta, preprocessing)
+    return torch.stack([model(view).float().softmax(-1) for view in views]).mean(0)
+
+
+class ProbabilityAverage(nn.Module):
+    """Models (same preprocessing) as one: returns log of the mean of their class probabilities.
+
+    Log-probabilities are valid logits, so softmax of the output is the averaged probabilities and the
+    module drops in wherever a single model's logits are expected (evaluation, TTA).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([m(x).float().log_softmax(-1) for m in self.members])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
+
+
+class Ensemble:
+    """One or more models whose probabilities are averaged (a single model is an ensemble of one)."""
+
+    def __init__(self, members: Sequence[LoadedModel]):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        names = {m.class_names for m in members}
+        if len(names) > 1:
+            listed = "; ".join(f"{m.source}: {', '.join(m.class_names)}" for m in members)
+            raise ModelLoadError(f"the models predict different classes and cannot be averaged ({listed})")
+        self.members = list(members)
+        self.class_names = members[0].class_names
+
+    @classmethod
+    def load(cls, specs: Sequence[str], device: torch.device) -> Ensemble:
+        return cls([load_model(spec, device) for spec in resolve_model_specs(specs)])
+
+    @property
+    def sources(self) -> list[str]:
+        return [m.source for m in self.members]
+
+    @torch.no_grad()
+    def predict_proba(self, faces: torch.Tensor, tta: TTAMode = "none") -> torch.Tensor:
+        """uint8 faces (B, H, W) or (B, 1, H, W) -> averaged class probabilities (B, K) on the CPU."""
+        total = None
+        for member in self.members:
+            pixels = member.preprocessing(faces).to(member.device)
+            probs = tta_probabilities(member.model, pixels, tta, member.preprocessing).cpu()
+            total = probs if total is None else total + probs
+        return total / len(self.members)

@@ -1,0 +1,96 @@
+"""Self-contained model exports (`best/`, `final/`): safetensors weights + a JSON description.
+
+An export holds everything inference needs (model config, preprocessing, class names), so it runs
+without the training code's config files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from data_prep.schema import CLASS_NAMES
+from emotionnet.config.loader import build
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.model.emotionnet import EmotionNet, ModelConfig
+
+WEIGHTS_NAME = "model.safetensors"
+DESCRIPTION_NAME = "emotionnet.json"
+EXPORT_FORMAT_VERSION = 1
+
+
+@dataclass
+class ExportDescription:
+    model: ModelConfig
+    preprocessing: Preprocessing
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    format_version: int = EXPORT_FORMAT_VERSION
+    metadata: dict = field(default_factory=dict)  # e.g. step, epoch, validation metrics
+
+
+def save_export(
+    directory: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    model_config: ModelConfig,
+    preprocessing: Preprocessing,
+    metadata: dict | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write an export atomically: a sibling temp dir renamed over `directory` when complete."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tensors = {
+        k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in state_dict.items()
+    }
+    save_file(tensors, tmp / WEIGHTS_NAME)
+    # The weights are in the export: rebuilding it must not look for pretrained backbone files.
+    description = ExportDescription(
+        replace(model_config, pretrained=None), preprocessing, metadata=metadata or {}
+    )
+    (tmp / DESCRIPTION_NAME).write_text(json.dumps(asdict(description), indent=2) + "\n")
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+    return directory
+
+
+def read_description(directory: str | Path) -> ExportDescription:
+    path = Path(directory) / DESCRIPTION_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not an EmotionNet model export (no {DESCRIPTION_NAME})")
+    try:
+        values = json.loads(path.read_text())
+        version = values.get("format_version") if isinstance(values, dict) else None
+        if version != EXPORT_FORMAT_VERSION:
+            raise ValueError(
+                f"export format version {version!r}, but this EmotionNet reads version {EXPORT_FORMAT_VERSION} "
+                "(re-export the model with a matching EmotionNet)"
+            )
+        return build(ExportDescription, values)
+    except ValueError as err:  # ConfigError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{path}: {err}") from err
+
+
+def load_export(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[EmotionNet, ExportDescription]:
+    """The exported model in eval mode (float32) and its description."""
+    description = read_description(directory)
+    model = EmotionNet(description.model)
+    state = load_file(Path(directory) / WEIGHTS_NAME)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.to(device).eval(), description

@@ -1,0 +1,215 @@
+"""`emotionnet-predict PATH...`: find the faces in photos and classify each one's expression.
+
+Faces are found with OpenCV's bundled Haar cascade (no download), cropped with a small margin, turned
+into 48x48 grayscale like FER2013 and classified. A 48x48 image is taken to be a FER crop already and
+is classified whole, as is every image with `--no-detect`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data_prep.schema import IMAGE_SIZE
+from emotionnet.inference.ensemble import Ensemble
+
+PROG = "emotionnet-predict"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+CASCADE_NAME = "haarcascade_frontalface_default.xml"
+FACE_MARGIN = 0.1  # of the detected box's side, added on each side: Haar boxes cut the chin and brow
+MIN_FACE_PX = 30  # smaller detections are mostly false positives, and too blurry to classify anyway
+BATCH_SIZE = 64
+
+
+class PredictInputError(ValueError):
+    """Bad paths or a missing face detector; the message is one sentence for the user."""
+
+
+@dataclass
+class Face:
+    box: tuple[int, int, int, int]  # x, y, width, height in the image's pixels
+    detected: bool  # False: the whole image was taken as the face (48x48 crop or --no-detect)
+    label: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ImageResult:
+    path: str
+    faces: list[Face] = field(default_factory=list)
+    error: str | None = None  # the image could not be read
+
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade, shipped inside the opencv-python wheels (cv2.data)."""
+
+    def __init__(self) -> None:
+        data_dir = getattr(getattr(cv2, "data", None), "haarcascades", None)
+        path = Path(data_dir or "") / CASCADE_NAME
+        if not hasattr(cv2, "CascadeClassifier") or not path.is_file():
+            raise PredictInputError(
+                f"OpenCV {cv2.__version__} has no bundled Haar face cascade (OpenCV 5 dropped them): "
+                "install opencv-python-headless<5, or pass --no-detect with images that are face crops"
+            )
+        self.cascade = cv2.CascadeClassifier(str(path))
+
+    def detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Face boxes (x, y, w, h), largest first."""
+        # Equalizing first finds faces in dim or low-contrast photos that the raw image hides.
+        boxes = self.cascade.detectMultiScale(
+            cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE_PX, MIN_FACE_PX)
+        )
+        return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda b: -b[2] * b[3])
+
+
+def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = FACE_MARGIN) -> np.ndarray:
+    """The box grown by `margin` on each side (clipped to the image), as a 48x48 uint8 face."""
+    x, y, w, h = box
+    dx, dy = round(w * margin), round(h * margin)
+    top, left = max(0, y - dy), max(0, x - dx)
+    crop = gray[top : min(gray.shape[0], y + h + dy), left : min(gray.shape[1], x + w + dx)]
+    return cv2.resize(crop, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def collect_images(paths: Sequence[str]) -> list[Path]:
+    """The given files, and the image files under the given folders (sorted, recursive)."""
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise PredictInputError(f"{text}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found += images
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise PredictInputError(f"{text}: no such file or folder")
+    return found
+
+
+def read_image(path: Path) -> np.ndarray | None:
+    """The image as 8-bit BGR, or None when it is not an image OpenCV can decode."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
+def find_faces(bgr: np.ndarray, detector: FaceDetector | None) -> tuple[list[Face], list[np.ndarray]]:
+    """The faces of one image and their 48x48 crops; without a detector the whole image is the face."""
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    height, width = gray.shape
+    if detector is None or (height, width) == (IMAGE_SIZE, IMAGE_SIZE):
+        whole = cv2.resize(gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+        return [Face((0, 0, width, height), detected=False)], [whole]
+    boxes = detector.detect(gray)
+    return [Face(box, detected=True) for box in boxes], [crop_face(gray, box) for box in boxes]
+
+
+def classify(ensemble: Ensemble, crops: list[np.ndarray], tta: str, progress: bool) -> torch.Tensor:
+    """(N, K) probabilities of 48x48 uint8 crops, in batches."""
+    if not crops:
+        return torch.empty(0, len(ensemble.class_names))
+    faces = torch.from_numpy(np.stack(crops))
+    starts = range(0, len(faces), BATCH_SIZE)
+    bar = tqdm(
+        starts, desc="classify", unit="batch", disable=not progress or len(starts) < 2, file=sys.stderr
+    )
+    return torch.cat([ensemble.predict_proba(faces[i : i + BATCH_SIZE], tta) for i in bar])
+
+
+def annotate(bgr: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """A copy of the image with each face's box and top label drawn; small images are enlarged first."""
+    scale = max(1.0, 256 / max(bgr.shape[:2]))  # labels on a 48 px crop would be unreadable
+    out = (
+        cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        if scale > 1
+        else bgr.copy()
+    )
+    thickness = max(1, round(max(out.shape[:2]) / 400))
+    for face in faces:
+        x, y, w, h = (round(v * scale) for v in face.box)
+        cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), thickness)
+        text = f"{face.label} {face.probabilities[face.label]:.2f}"
+        font_scale = max(0.4, w / 300)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        ty = y - base - 2 if y - th - base - 2 >= 0 else y + th + 2  # above the box when it fits
+        cv2.rectangle(out, (x, ty - th - 2), (x + tw + 2, ty + base), (0, 255, 0), cv2.FILLED)
+        cv2.putText(out, text, (x + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness)
+    return out
+
+
+def write_image_atomic(path: Path, image: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(f"OpenCV cannot encode {path.suffix} images")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(encoded.tobytes())
+        os.chmod(tmp, 0o644)  # mkstemp's files are owner-only
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def annotated_path(out_dir: Path, source: Path, taken: set[Path]) -> Path:
+    """OUT_DIR/<name>_annotated.png, numbered when two inputs share a name."""
+    path, n = out_dir / f"{source.stem}_annotated.png", 1
+    while path in taken:
+        n += 1
+        path = out_dir / f"{source.stem}_annotated_{n}.png"
+    taken.add(path)
+    return path
+
+
+def predict(
+    paths: Sequence[str],
+    ensemble: Ensemble,
+    detect: bool = True,
+    tta: str = "none",
+    annotate_dir: Path | None = None,
+    progress: bool = True,
+) -> list[ImageResult]:
+    """Detect, crop and classify the faces in every image (files, or folders of them)."""
+    files = collect_images(paths)
+    detector = FaceDetector() if detect else None
+    results: list[ImageResult] = []
+    images: list[np.ndarray | None] = []
+    crops: list[np.ndarray] = []
+    for path in tqdm(
+        files, desc="detect", unit="image", disable=not progress or len(files) < 2, file=sys.stderr
+    ):
+        bgr = read_image(path)
+        images.append(bgr)
+        if bgr is None:
+            results.append(ImageResult(str(path), error="not an image OpenCV can read"))
+            continue
+        faces, face_crops = find_faces(bgr, detector)
+        results.append(ImageResult(str(path), faces))
+        crops += face_crops
+    probabilities = iter(classify(ensemble, crops, tta, progress).tolist())
+    names = ensemble.class_names
+    for result in results:
+        for face in result.faces:
+            face.probabilities = dict(zip(names, next(probabilities), strict=True))
+            face.label = max(face.probabilities, key=face.probabilities.get)
+    if annotate_dir is not None:
+        annotate_dir.mkdir(parents=True, exist_ok=True)
+        taken: set[Path] = set()
+        for path, bgr, result in zip(files, images, results, strict=True):
+            if bgr is not None:
+                write_image_atomic(annotated_path(annotate_dir, path, taken), annotate(bgr, result.faces))
+    return results

@@ -1,0 +1,71 @@
+"""What a run directory holds, named once: every module that reads or writes a run uses these paths.
+
+<output_dir>/<run_name>/
+    config.yaml          resolved configuration (secrets redacted)
+    metrics.jsonl        every logged metric, one JSON object per line
+    checkpoints/step_XXXXXXXX/   full training state (resume)
+    best/  final/        model exports (safetensors + emotionnet.json)
+    snapshots/cycle_K/   end-of-cycle exports (snapshot ensemble)
+    reports/             confusion matrices, per-class reports, training curves
+    mlflow_run.json      which MLflow run mirrors this directory (when tracked)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+FINAL = "final"
+SNAPSHOTS = "snapshots"
+REPORTS = "reports"
+MLFLOW_RECORD = "mlflow_run.json"
+EXPORTS = (BEST, FINAL)  # the exports a run directory offers, preferred first
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def best(self) -> Path:
+        return self.root / BEST
+
+    @property
+    def final(self) -> Path:
+        return self.root / FINAL
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / SNAPSHOTS
+
+    @property
+    def reports(self) -> Path:
+        return self.root / REPORTS
+
+    @property
+    def mlflow_record(self) -> Path:
+        return self.root / MLFLOW_RECORD
+
+    def snapshot(self, cycle: int) -> Path:
+        return self.snapshots / f"cycle_{cycle}"
+
+    def snapshot_dirs(self) -> list[Path]:
+        """The kept end-of-cycle exports, in cycle order."""
+        found = (d for d in self.snapshots.glob("cycle_*") if d.is_dir())
+        return sorted(found, key=lambda d: int(d.name.removeprefix("cycle_")))

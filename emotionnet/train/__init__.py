@@ -1,0 +1,1 @@
+"""Training: the Trainer, optimizer and schedule factories, EMA, checkpoints, the run directory."""

@@ -1,0 +1,591 @@
+"""The training loop: a checkpointable `Trainer` over Accelerate (one CPU, DDP or DeepSpeed ZeRO-2/3).
+
+Accelerate owns device placement, sharding, precision and gradient sync; this module states the
+training logic once. Everything a restart needs is either in `accelerator.save_state` (model,
+optimizer, scheduler, scaler, RNG states) or in `TrainerProgress`, registered for checkpointing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    InitProcessGroupKwargs,
+    set_seed,
+)
+from tqdm.auto import tqdm
+
+from data_prep.schema import CLASS_NAMES
+from emotionnet.config.schema import TrainConfig
+from emotionnet.data.loaders import class_counts, create_loader, load_splits
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.data.transforms import (
+    TTAMode,
+    build_batch_mixing,
+    build_eval_transform,
+    build_train_transform,
+)
+from emotionnet.evaluation.metrics import ClassificationReport, confusion_matrix
+from emotionnet.evaluation.reports import (
+    evaluation_report_name,
+    write_evaluation_report,
+    write_training_curves,
+)
+from emotionnet.evaluation.result import EvalResult
+from emotionnet.exit_codes import ExitCode
+from emotionnet.inference.ensemble import ProbabilityAverage, tta_probabilities
+from emotionnet.inference.export import load_export, save_export
+from emotionnet.model.emotionnet import create_model
+from emotionnet.run_layout import RunLayout
+from emotionnet.train.callbacks import TrainerCallback
+from emotionnet.train.checkpoint import CheckpointManager
+from emotionnet.train.ema import WeightEMA
+from emotionnet.train.metrics_log import MetricsLog
+from emotionnet.train.optim import create_optimizer, create_scheduler, cycle_end_steps
+from emotionnet.train.progress import TrainerProgress
+
+log = logging.getLogger(__name__)
+
+# How often (in optimizer steps) ranks agree on stop requests and non-finite losses. Checking costs a
+# host sync and a collective, so it is not done on every step.
+SYNC_EVERY_STEPS = 10
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 set a flag; the loop acts on it at the next agreed step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+def build_accelerator(cfg: TrainConfig) -> Accelerator:
+    mixed_precision = (
+        None if cfg.run.mixed_precision is None else cfg.run.mixed_precision.replace("off", "no")
+    )
+    # Several processes and no GPU: gloo, or Accelerate would run each DeepSpeed process alone and
+    # treat torchrun-launched CPU processes as undistributed (no gradient sync). `cpu=True` selects
+    # MULTI_CPU (DDP over gloo) but would also switch DeepSpeed off, so DeepSpeed keeps cpu=False.
+    cpu_multiprocess = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    uses_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return Accelerator(
+        cpu=cpu_multiprocess and not uses_deepspeed,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum_steps,
+        kwargs_handlers=[
+            InitProcessGroupKwargs(
+                backend="gloo" if cpu_multiprocess else None,
+                timeout=timedelta(seconds=cfg.run.dist_timeout_s),
+            )
+        ],
+        # A seeded sampler makes the epoch's order a function of (seed, epoch): exact mid-epoch resume.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.run.seed),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        accelerator: Accelerator,
+        run_dir: Path,
+        callbacks: Sequence[TrainerCallback] = (),
+    ):
+        self.cfg = cfg
+        self.callbacks = list(callbacks) if accelerator.is_main_process else []
+        self.accelerator = accelerator
+        self.run_dir = run_dir
+        self.layout = RunLayout(run_dir)
+        self.progress = TrainerProgress()
+        self.test_result: EvalResult | None = None  # best/ on the test split, set by finish()
+        self.metrics_log = MetricsLog(self.layout.metrics)
+        self.checkpoints = CheckpointManager(run_dir, accelerator, cfg.checkpoint.keep_last)
+        self.preprocessing = Preprocessing(input_size=cfg.model.input_size)
+        self.stop = StopRequest()
+        self._last_checkpoint_step = -1
+        # Audit trail of which rows each rank consumed (off by default: it writes on every step).
+        self.sample_log = (
+            MetricsLog(run_dir / "samples" / f"rank{accelerator.process_index}.jsonl")
+            if cfg.run.log_sample_ids
+            else None
+        )
+        if self.sample_log is not None:
+            self.sample_log.path.parent.mkdir(parents=True, exist_ok=True)
+
+        # Same initial weights on every rank, then per-rank streams for augmentation and dropout.
+        set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)
+        model = create_model(cfg.model)
+        set_seed(cfg.run.seed, device_specific=True)
+        if cfg.run.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.mixed_precision != "no":
+            # DeepSpeed trains in bf16/fp16 weights. ZeRO-2 casts the whole module, ZeRO-3 only the
+            # parameters: cast buffers (BatchNorm statistics) too, or CPU batch_norm rejects the mix.
+            model = model.to(torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16)
+
+        splits = load_splits(cfg.data.data_dir)
+        if "train" not in splits or "validation" not in splits:
+            raise ValueError(
+                f"{cfg.data.data_dir} needs a 'train' and a 'validation' split; it has {list(splits)}"
+            )
+        self.splits = splits
+        train_loader = create_loader(
+            splits["train"],
+            build_train_transform(cfg.augment, self.preprocessing),
+            cfg.data.batch_size,
+            shuffle=True,
+            drop_last=True,
+            cfg=cfg.data,
+            seed=cfg.run.seed,
+        )
+        val_loader = self._eval_loader(splits["validation"])
+        self.class_weights = self._class_weights()
+
+        optimizer = create_optimizer(model, cfg.optim)
+        steps_per_epoch = len(train_loader) // (accelerator.num_processes * cfg.optim.grad_accum_steps)
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"the training split ({len(splits['train'])} rows) is smaller than one global batch "
+                f"({cfg.data.batch_size} x {accelerator.num_processes} processes x {cfg.optim.grad_accum_steps})"
+            )
+        scheduler = create_scheduler(optimizer, cfg.schedule, steps_per_epoch)
+        self._configure_deepspeed()
+        if cfg.run.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
+            model, optimizer, train_loader, val_loader, scheduler
+        )
+        accelerator.register_for_checkpointing(self.progress)
+        self.steps_per_epoch = len(self.train_loader) // cfg.optim.grad_accum_steps
+        self.total_steps = self.steps_per_epoch * cfg.run.num_epochs
+        if cfg.run.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.run.max_steps)
+        self.ema = self._build_ema()
+        self.batch_mixing = build_batch_mixing(cfg.augment, cfg.model.num_classes)
+        self.snapshot_steps = self._snapshot_steps()
+        # DeepSpeed keeps bf16/fp16 weights: inputs must match them. Otherwise autocast handles precision.
+        self.input_dtype = (
+            next(self.model.parameters()).dtype
+            if accelerator.distributed_type == DistributedType.DEEPSPEED
+            else torch.float32
+        )
+
+    # ---- setup helpers -------------------------------------------------------------------------
+
+    def _eval_loader(self, split) -> torch.utils.data.DataLoader:
+        return create_loader(
+            split,
+            build_eval_transform(self.preprocessing),
+            self.cfg.data.eval_batch_size,
+            shuffle=False,
+            drop_last=False,
+            cfg=self.cfg.data,
+            seed=self.cfg.run.seed,
+        )
+
+    def _build_ema(self) -> WeightEMA | None:
+        if self.cfg.optim.ema_decay == 0:
+            return None
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError(
+                "optim.ema_decay is not supported with DeepSpeed (ZeRO shards the weights it would "
+                "average); use DDP or set optim.ema_decay=0"
+            )
+        ema = WeightEMA(self.accelerator.unwrap_model(self.model), self.cfg.optim.ema_decay)
+        self.accelerator.register_for_checkpointing(ema.averaged)
+        return ema
+
+    def _snapshot_steps(self) -> list[int]:
+        if not self.cfg.schedule.snapshot_ensemble:
+            return []
+        steps = cycle_end_steps(self.cfg.schedule, self.steps_per_epoch, self.total_steps)
+        if not steps and self.accelerator.is_main_process:
+            log.warning(
+                "schedule.snapshot_ensemble is on but no cosine cycle ends within the run's %d steps "
+                "(warm-up %d + cycle_epochs %s x %d steps): no snapshots will be kept",
+                self.total_steps,
+                self.cfg.schedule.warmup_steps,
+                self.cfg.schedule.cycle_epochs,
+                self.steps_per_epoch,
+            )
+        return steps
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation, exports and snapshots use: the EMA weights when kept, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if self.cfg.loss.class_weights == "none":
+            return None
+        counts = torch.tensor(class_counts(self.splits["train"]), dtype=torch.float32).clamp(min=1)
+        return (counts.sum() / (len(counts) * counts)).to(self.accelerator.device)
+
+    def _configure_deepspeed(self) -> None:
+        """Fill the DeepSpeed JSON's `auto` clipping value from the training config."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None and plugin.deepspeed_config.get("gradient_clipping", "auto") == "auto":
+            plugin.deepspeed_config["gradient_clipping"] = self.cfg.optim.grad_clip
+
+    def distributed_label(self) -> str:
+        """'cpu', 'ddp', 'deepspeed-zero2', ... for run names and tags."""
+        state = self.accelerator.state
+        if state.distributed_type == DistributedType.DEEPSPEED:
+            return f"deepspeed-zero{state.deepspeed_plugin.zero_stage}"
+        if state.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+            return "ddp"
+        return "single"
+
+    # ---- resume --------------------------------------------------------------------------------
+
+    def resume(self, checkpoint: Path) -> None:
+        self.accelerator.load_state(str(checkpoint))
+        if self.sample_log is not None:
+            self.sample_log.truncate_after(self.progress.step)
+        if self.accelerator.is_main_process:
+            dropped = self.metrics_log.truncate_after(self.progress.step)
+            log.info(
+                "resumed from %s at step %d (dropped %d later log records)",
+                checkpoint,
+                self.progress.step,
+                dropped,
+            )
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> ExitCode:
+        """Train to the end (OK) or until a stop signal (checkpoints, returns PREEMPTED)."""
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.progress.step,
+            disable=not self.accelerator.is_main_process,
+            desc="train",
+            dynamic_ncols=True,
+            unit="step",
+        )
+        try:
+            return self._fit(bar)
+        finally:
+            bar.close()  # before any error message, so it starts on a line of its own
+
+    def _fit(self, bar: tqdm) -> ExitCode:
+        acc, cfg, p = self.accelerator, self.cfg, self.progress
+        for callback in self.callbacks:
+            callback.on_start(self)
+        window = _Window(acc.device)
+        nonfinite_at = torch.full((), -1, dtype=torch.long, device=acc.device)
+        while p.step < self.total_steps:
+            self.train_loader.set_epoch(p.epoch)  # shuffling order
+            self.train_loader.dataset.set_epoch(p.epoch)  # per-sample augmentation seeds
+            loader = self.train_loader
+            if p.batches_in_epoch:
+                loader = acc.skip_first_batches(self.train_loader, p.batches_in_epoch)
+            self.model.train()
+            epoch_finished = True
+            for batch in loader:
+                loss, grad_norm, stepped = self.train_step(batch)
+                if self.sample_log is not None:
+                    self.sample_log.append(
+                        {
+                            "step": p.step + int(stepped),
+                            "epoch": p.epoch,
+                            "batch": p.batches_in_epoch,
+                            "row_ids": batch["row_id"].tolist(),
+                        }
+                    )
+                p.batches_in_epoch += 1
+                window.add(loss.detach(), batch["labels"].numel())
+                if not stepped:
+                    continue
+                p.step += 1
+                bar.update(1)
+                step_t = torch.tensor(p.step, device=acc.device)
+                nonfinite_at = torch.where(
+                    ~torch.isfinite(loss.detach()) & (nonfinite_at < 0), step_t, nonfinite_at
+                )
+                if grad_norm is not None:
+                    window.grad_norm = grad_norm
+                sync_point = p.step % SYNC_EVERY_STEPS == 0 or p.step % cfg.run.log_every_steps == 0
+                if sync_point:
+                    self._raise_on_nonfinite(nonfinite_at)  # before anything is logged or saved
+                if p.step % cfg.run.log_every_steps == 0:
+                    self._log_train(window, bar)
+                if p.step in self.snapshot_steps:
+                    self._save_snapshot()
+                if p.step % cfg.checkpoint.every_steps == 0:
+                    self._save_checkpoint()
+                if sync_point and self._agreed_stop():
+                    return self._preempt()
+                if p.step >= self.total_steps:
+                    epoch_finished = p.batches_in_epoch >= len(self.train_loader)
+                    break
+            self._raise_on_nonfinite(nonfinite_at)
+            self._end_of_epoch()
+            if epoch_finished:
+                p.epoch += 1
+                p.batches_in_epoch = 0
+            self._save_checkpoint()
+            if self._agreed_stop():
+                return self._preempt()
+        return ExitCode.OK
+
+    def finish(self, tta: TTAMode) -> EvalResult | None:
+        """Export `final/`; evaluate the snapshot ensemble, and `best/` on the test split when there is one."""
+        self.export(self.layout.final, {"step": self.progress.step, "epoch": self.progress.epoch})
+        snapshots = self.layout.snapshot_dirs()
+        if snapshots:
+            ensemble = ProbabilityAverage([load_export(d, self.accelerator.device)[0] for d in snapshots])
+            self._evaluate_and_log(ensemble, "validation", "snapshots_validation", tta)
+            if "test" in self.splits:
+                self._evaluate_and_log(ensemble, "test", "snapshots_test", tta)
+        if "test" not in self.splits:
+            return None
+        model, _ = load_export(self.layout.best, device=self.accelerator.device)
+        self.test_result = self._evaluate_and_log(model, "test", "test", tta)
+        return self.test_result
+
+    def _evaluate_and_log(self, model: torch.nn.Module, split: str, name: str, tta: TTAMode) -> EvalResult:
+        loader = self.accelerator.prepare_data_loader(self._eval_loader(self.splits[split]))
+        result = self.evaluate(model, loader, tta=tta)
+        self._report(name, split, result)
+        return result
+
+    def _save_snapshot(self) -> None:
+        cycle = self.snapshot_steps.index(self.progress.step) + 1
+        metadata = {"step": self.progress.step, "epoch": self.progress.epoch, "cycle": cycle}
+        self.export(self.layout.snapshot(cycle), metadata)
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """One micro-batch: forward, backward, and (on the last micro-step) clip + optimizer step.
+
+        Returns the loss, the pre-clip gradient norm (when clipped this step) and whether the
+        optimizer stepped.
+        """
+        acc = self.accelerator
+        images = batch["pixel_values"].to(self.input_dtype)
+        if self.cfg.run.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = batch["labels"]
+        if self.batch_mixing is not None:
+            images, targets = self.batch_mixing(images, targets)  # soft targets (B, K)
+        grad_norm = None
+        with acc.accumulate(self.model):
+            logits = self.model(images)
+            loss = F.cross_entropy(
+                logits.float(),
+                targets,
+                weight=self.class_weights,
+                label_smoothing=self.cfg.loss.label_smoothing,
+            )
+            acc.backward(loss)
+            if acc.sync_gradients:
+                grad_norm = self._clip_gradients()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if acc.sync_gradients:
+                if acc.optimizer_step_was_skipped:
+                    self.progress.skipped_steps += 1
+                self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update()
+        return loss, grad_norm, acc.sync_gradients
+
+    def _clip_gradients(self) -> torch.Tensor | None:
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            return None  # DeepSpeed clips inside its step (config's gradient_clipping)
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        return acc.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def _agreed_stop(self) -> bool:
+        """All ranks stop together if any rank got a signal."""
+        flag = torch.tensor(float(self.stop.requested), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _raise_on_nonfinite(self, nonfinite_at: torch.Tensor) -> None:
+        first = int(self.accelerator.reduce(nonfinite_at.clone(), reduction="max").item())
+        if first >= 0:
+            last_good = self.checkpoints.latest()
+            raise NonFiniteLossError(
+                f"loss became NaN/Inf at step {first}; last good checkpoint: {last_good or 'none saved yet'}"
+            )
+
+    def _save_checkpoint(self) -> Path:
+        self._last_checkpoint_step = self.progress.step
+        return self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
+
+    def _preempt(self) -> ExitCode:
+        if self._last_checkpoint_step == self.progress.step:
+            path = self.checkpoints.path(self.progress.step)
+        else:
+            path = self._save_checkpoint()
+        if self.accelerator.is_main_process:
+            log.warning(
+                "stop signal received: checkpoint %s saved; exiting with code %d", path, ExitCode.PREEMPTED
+            )
+        return ExitCode.PREEMPTED
+
+    def _log_train(self, window: _Window, bar: tqdm) -> None:
+        loss, images_per_s = window.flush(self.accelerator)
+        record = {
+            "train/loss": loss,
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/images_per_s": images_per_s,
+        }
+        if window.grad_norm is not None:
+            record["train/grad_norm"] = float(window.grad_norm)
+        if self.accelerator.mixed_precision == "fp16":
+            record["train/skipped_steps"] = self.progress.skipped_steps
+        self.log(record, split="train")
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['train/lr']:.2e}", img_s=f"{images_per_s:.0f}")
+
+    def _end_of_epoch(self) -> None:
+        p = self.progress
+        result = self.evaluate(self.eval_model, self.val_loader)
+        self._report("validation", "validation", result)
+        if self.accelerator.is_main_process:
+            log.info(
+                "epoch %d step %d: validation loss %.4f accuracy %.4f macro-F1 %.4f",
+                p.epoch,
+                p.step,
+                result.loss,
+                result.report.accuracy,
+                result.report.macro_f1,
+            )
+        if result.report.accuracy > p.best_accuracy:
+            p.best_accuracy, p.best_step = result.report.accuracy, p.step
+            self.export(self.layout.best, {"step": p.step, "epoch": p.epoch, **result.metrics("validation")})
+
+    # ---- evaluation, export, logging -------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, loader, tta: TTAMode = "none") -> EvalResult:
+        """Loss and metrics over a prepared loader, each sample counted once across processes."""
+        acc = self.accelerator
+        was_training = model.training
+        model.eval()
+        losses, probs, labels, row_ids = [], [], [], []
+        input_dtype = next(model.parameters()).dtype
+        for batch in tqdm(loader, desc="eval", leave=False, disable=not acc.is_main_process):
+            images = batch["pixel_values"].to(input_dtype)
+            with acc.autocast():
+                prob = tta_probabilities(model, images, tta, self.preprocessing)
+            loss = F.nll_loss(prob.clamp(min=1e-12).log(), batch["labels"], reduction="none")
+            gathered = acc.gather_for_metrics((loss, prob, batch["labels"], batch["row_id"]))
+            for store, value in zip((losses, probs, labels, row_ids), gathered, strict=True):
+                store.append(value.cpu())
+        model.train(was_training)
+        labels_t = torch.cat(labels)
+        probs_t = torch.cat(probs)
+        report = ClassificationReport(confusion_matrix(labels_t, probs_t.argmax(-1), len(CLASS_NAMES)))
+        return EvalResult(report, float(torch.cat(losses).mean()), probs_t, labels_t, torch.cat(row_ids))
+
+    def _report(self, name: str, split: str, result: EvalResult) -> None:
+        """Log an evaluation's metrics and write its report files (the run's own copy, whatever tracks it)."""
+        self.log(result.metrics(name), split=name)
+        if not self.accelerator.is_main_process:
+            return
+        p = self.progress
+        directory = write_evaluation_report(
+            self.layout.reports / evaluation_report_name(name, p.epoch),
+            result,
+            self.splits.get(split),
+            title=f"{name} · epoch {p.epoch} · step {p.step}",
+            misclassified_max=self.cfg.tracking.misclassified_max,
+        )
+        for callback in self.callbacks:
+            callback.on_evaluation(self, name, result, directory)
+
+    def export(self, path: Path, metadata: dict) -> Path:
+        """Write an export to `path` (safetensors + description); gathers ZeRO-3 shards on all ranks."""
+        if self.ema is not None:
+            state = self.ema.module.state_dict()
+        else:
+            state = self.accelerator.get_state_dict(self.model)
+        if self.accelerator.is_main_process:
+            state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+            save_export(path, state, self.cfg.model, self.preprocessing, metadata)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def end(self, exit_code: int) -> None:
+        if self.accelerator.is_main_process:
+            write_training_curves(self.metrics_log.read(), self.layout.reports)
+        for callback in self.callbacks:
+            callback.on_end(self, exit_code)
+
+    def log(self, metrics: dict[str, float], split: str) -> None:
+        """Append to metrics.jsonl (always), then hand the metrics to the callbacks (trackers)."""
+        if self.accelerator.is_main_process:
+            self.metrics_log.append(
+                {
+                    "step": self.progress.step,
+                    "epoch": self.progress.epoch,
+                    "split": split,
+                    "time": time.time(),
+                    **metrics,
+                }
+            )
+        for callback in self.callbacks:
+            callback.on_metrics(self, metrics, self.progress.step)
+
+
+class _Window:
+    """Loss and image counts between two log points, kept on device so the hot loop never syncs."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.grad_norm: torch.Tensor | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.batches = 0
+        self.images = 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.loss_sum += loss.float()
+        self.batches += 1
+        self.images += images
+
+    def flush(self, accelerator: Accelerator) -> tuple[float, float]:
+        """(mean loss across ranks, global images per second) since the last flush."""
+        stats = torch.stack(
+            [
+                self.loss_sum,
+                torch.tensor(float(self.batches), device=self.device),
+                torch.tensor(float(self.images), device=self.device),
+            ]
+        )
+        loss_sum, batches, images = accelerator.reduce(stats, reduction="sum").tolist()
+        elapsed = time.perf_counter() - self.started
+        self._reset()
+        return loss_sum / max(batches, 1), images / max(elapsed, 1e-9)
