@@ -14,7 +14,7 @@ from pathlib import Path
 
 def asset_path(*parts: str) -> Path:
     """A shipped file or folder as a filesystem path (wheels install unzipped, so this is a real path)."""
-    return Path(str(files("emotionnet").joinpath("_assets", *parts)))
+    return Path(str(files("emotionnet").joinpath("_assets", *parts))).resolve()
 
 
 CONFIGS = asset_path("configs")

@@ -82,7 +82,7 @@ def test_snapshot_ensemble_with_ema_and_mixing_in_a_real_run(tmp_path, capsys):
     assert code == 0
     run_dir = tmp_path / "out" / "snap"
     per_epoch = trainer.steps_per_epoch
-    snapshots = trainer.snapshot_dirs()
+    snapshots = trainer.layout.snapshot_dirs()
     assert [d.name for d in snapshots] == ["cycle_1", "cycle_2"]
     steps = [json.loads((d / "emotionnet.json").read_text())["metadata"]["step"] for d in snapshots]
     assert steps == [per_epoch, 2 * per_epoch]

@@ -74,7 +74,7 @@ def run_json(capsys, *args) -> dict:
 def run_error(capsys, *args) -> str:
     code = main([*map(str, args), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # ExitCode.BAD_INPUT
     assert "Traceback" not in err
     return err.strip()
 

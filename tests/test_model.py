@@ -277,4 +277,4 @@ def test_summary_rejects_bad_input_in_one_line(capsys, tmp_path) -> None:
     assert summary_main(["colour=red"]) == 2
     assert summary_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "unknown model config field(s) colour" in err[0] and "missing.yaml" in err[1]
+    assert len(err) == 2 and "unknown key colour" in err[0] and "missing.yaml" in err[1]

@@ -103,7 +103,7 @@ def test_folder_annotations_and_unreadable_files(capsys, tmp_path, model, photo,
 
     code = main(["--model", str(model), str(folder), "--annotate", str(out), "--no-progress"])
     text = capsys.readouterr().out
-    assert code == 1  # one file could not be read; the others were still classified
+    assert code == 2  # one file could not be read; the others were still classified
     assert f"{folder / 'broken.jpg'}: error: not an image OpenCV can read" in text
     assert f"{folder / 'gradient.png'}: no face found" in text
     assert f"{folder / 'sub' / 'portrait.jpg'}: face 1 (x=" in text
@@ -119,11 +119,11 @@ def test_folder_annotations_and_unreadable_files(capsys, tmp_path, model, photo,
 
 
 def test_bad_paths_are_one_sentence(capsys, tmp_path, model):
-    assert main(["--model", str(model), str(tmp_path / "missing.jpg")]) == 1
+    assert main(["--model", str(model), str(tmp_path / "missing.jpg")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"emotionnet-predict: error: {tmp_path / 'missing.jpg'}: no such file or folder"
     (tmp_path / "empty").mkdir()
-    assert main(["--model", str(model), str(tmp_path / "empty")]) == 1
+    assert main(["--model", str(model), str(tmp_path / "empty")]) == 2
     assert "the folder holds no images" in capsys.readouterr().err
 
 
