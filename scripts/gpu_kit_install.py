@@ -1,0 +1,103 @@
+"""Install what the GPU check needs without touching the machine's torch (scripts/gpu_check.sh runs this).
+
+    python scripts/gpu_kit_install.py .gpu-kit      # offline: the kit's files for what is missing
+    python scripts/gpu_kit_install.py               # no kit: the missing top-level packages from the index
+
+With the kit, only distributions that are not installed at all are installed, from the kit's own
+files and with --no-deps, so pip never resolves (and never replaces) torch, numpy or pyarrow. Wheels
+go first: setuptools/wheel must be there before DeepSpeed's sdist and the project build without
+build isolation. DeepSpeed builds no ops (DS_BUILD_OPS=0): they are JIT-compiled when used. Then
+the project itself (--no-deps, editable), unless this checkout is already what `emotionnet` imports.
+`pip check` is printed for the log; its complaints are not fatal (versions beside the device's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from gpu_kit import TOP_LEVEL, constraint_pins, normalize  # noqa: E402
+
+PIP = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
+# A distro Python refuses pip installs outside a venv (PEP 668); this machine's environment is ours to change.
+ENV = {**os.environ, "PIP_BREAK_SYSTEM_PACKAGES": "1", "DS_BUILD_OPS": "0"}
+
+
+def dist_name(file: Path) -> str:
+    """Distribution name of a wheel (`name-version-...whl`) or sdist (`name-version.tar.gz`)."""
+    return normalize(re.split(r"-(?=\d)", file.name, maxsplit=1)[0])
+
+
+def installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def pip(args: list[str]) -> None:
+    print("+ pip install", " ".join(args), flush=True)
+    subprocess.run(PIP + args, check=True, env=ENV)
+
+
+def install_from_kit(kit: Path) -> None:
+    files = sorted(p for p in (kit / "wheels").iterdir() if p.suffix == ".whl" or p.name.endswith(".tar.gz"))
+    missing = [p for p in files if not installed(dist_name(p))]
+    kept = sorted({dist_name(p) for p in files} - {dist_name(p) for p in missing})
+    print(f"kit: {len(files)} files; already installed here, kept: {', '.join(kept) or 'none'}")
+    wheels = [str(p) for p in missing if p.suffix == ".whl"]
+    sdists = [str(p) for p in missing if p.suffix != ".whl"]
+    if wheels:
+        pip(["--no-deps", "--no-index", *wheels])
+    if sdists:
+        pip(["--no-deps", "--no-index", "--no-build-isolation", *sdists])
+
+
+def install_from_index() -> None:
+    pins = constraint_pins()
+    wanted = [f"{n}=={pins[normalize(n)]}" if normalize(n) in pins else n for n in TOP_LEVEL if not installed(n)]
+    if wanted:
+        # With dependencies: an installed torch satisfies DeepSpeed's `torch>=2` and is kept.
+        pip(wanted)
+
+
+def install_project() -> None:
+    spec = importlib.util.find_spec("emotionnet")
+    if spec is not None and spec.origin and Path(spec.origin).resolve().is_relative_to(REPO):
+        print(f"project: emotionnet already imports from {REPO}")
+        return
+    try:
+        pip(["--no-deps", "--no-build-isolation", "-e", str(REPO)])
+    except subprocess.CalledProcessError:
+        pip(["--no-deps", "--no-build-isolation", str(REPO)])  # setuptools too old for PEP 660 editables
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("kit", type=Path, nargs="?", help="kit directory (absent: install from the index)")
+    args = parser.parse_args(argv)
+    try:
+        if args.kit is not None and (args.kit / "wheels").is_dir():
+            install_from_kit(args.kit)
+        else:
+            install_from_index()
+        install_project()
+    except subprocess.CalledProcessError as err:
+        print(f"gpu_kit_install: {' '.join(err.cmd[3:])} failed with exit code {err.returncode}", file=sys.stderr)
+        return 1
+    subprocess.run([sys.executable, "-m", "pip", "check"], env=ENV)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
