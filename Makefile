@@ -36,3 +36,13 @@ format:
 
 clean:
 	rm -rf $(VENV) demo outputs *.egg-info
+
+# GPU check (docs/gpu.md). gpu-kit: what the lent GPU machine lacks, in .gpu-kit/ (needs `make install`
+# and ../shared/fer2013). gpu-check: run there with .gpu-kit carried; QUICK=1 tests + batch-8 benchmark
+# only; CPU=1 the same script dry on the CPU (tiny sizes, CUDA-only checks skipped). OUT=dir for results.
+.PHONY: gpu-kit gpu-check
+gpu-kit:
+	$(BIN)/python scripts/gpu_kit.py
+
+gpu-check:
+	CPU=$(CPU) QUICK=$(QUICK) OUT=$(OUT) bash scripts/gpu_check.sh
