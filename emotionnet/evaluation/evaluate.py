@@ -22,7 +22,6 @@ from emotionnet.evaluation.result import EvalResult
 from emotionnet.inference.ensemble import Ensemble
 from emotionnet.inference.export import DESCRIPTION_NAME
 
-PROG = "emotionnet-eval"
 # An Arrow dataset is scored on PublicTest unless told otherwise: it is the split models are selected and
 # reported on; the held-out PrivateTest (`--split test`) is meant to be looked at once, at the end.
 DEFAULT_ARROW_SPLIT = "validation"

@@ -22,7 +22,6 @@ from tqdm import tqdm
 from data_prep.schema import IMAGE_SIZE
 from emotionnet.inference.ensemble import Ensemble
 
-PROG = "emotionnet-predict"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 CASCADE_NAME = "haarcascade_frontalface_default.xml"
 FACE_MARGIN = 0.1  # of the detected box's side, added on each side: Haar boxes cut the chin and brow
