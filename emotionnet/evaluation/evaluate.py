@@ -1,5 +1,5 @@
-"""`emotionnet-eval [MODEL...] DATA`: accuracy, macro-F1, per-class table and confusion matrix of a model
-(or an ensemble of models, probabilities averaged) on a prepared dataset split or a FER2013 CSV."""
+"""Score a model (or an ensemble, probabilities averaged) on a prepared dataset split or a FER2013 CSV:
+the library behind `emotionnet-eval`."""
 
 from __future__ import annotations
 
