@@ -2,6 +2,7 @@
 
     python scripts/gpu_kit.py                      # wheels + FER2013 copy + size check
     python scripts/gpu_kit.py --no-data            # wheels only (e.g. without ../shared)
+    python scripts/gpu_kit.py --size-only          # the size check of what is there, nothing fetched
 
 The GPU machine has Python 3.12, torch, accelerate, transformers, pyarrow, pandas, numpy and no
 internet. The kit holds:
@@ -106,20 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / ".gpu-kit")
     parser.add_argument("--fer", type=Path, default=DEFAULT_FER, help="FER2013 CSV(.gz) to carry")
     parser.add_argument("--no-data", action="store_true", help="wheels only")
+    parser.add_argument("--size-only", action="store_true", help="only check the size of what is there")
     parser.add_argument("--budget-mib", type=float, default=BUDGET_MIB)
     parser.add_argument("--carry", type=Path, action="append", default=[],
                         help="another carried path to count against the budget (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
 
-    pins = constraint_pins()
     wheels = args.out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    binary = [n for n in TOP_LEVEL + DEPENDENCIES if n not in SDISTS]
-    download(pinned(tuple(binary), pins) + list(BUILD_TOOLS), wheels, binary=True)
-    download(pinned(SDISTS, pins), wheels, binary=False)
+    if not args.size_only:
+        pins = constraint_pins()
+        binary = [n for n in TOP_LEVEL + DEPENDENCIES if n not in SDISTS]
+        download(pinned(tuple(binary), pins) + list(BUILD_TOOLS), wheels, binary=True)
+        download(pinned(SDISTS, pins), wheels, binary=False)
 
     stem = args.out / "fer2013"
-    if not args.no_data:
+    if not (args.no_data or args.size_only):
         if stem.with_suffix(".json").is_file() and stem.with_suffix(".xz").is_file():
             print(f"{stem}.xz: kept (delete it to re-encode)")
         elif not args.fer.is_file():
