@@ -41,6 +41,7 @@ export CPU QUICK MODE PYTHON OUT WORK DATA KIT RECIPE_S
 export TQDM_MININTERVAL=10 PYTHONUNBUFFERED=1 DS_BUILD_OPS=0 PIP_BREAK_SYSTEM_PACKAGES=1
 
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+TEE_PID=$!
 START=$(date +%s)
 DEADLINE=$((START + BUDGET_S))
 echo "gpu-check: mode $MODE, budget ${BUDGET_S}s, python $PYTHON, out $OUT, work $WORK, $(date -u)"
@@ -72,8 +73,12 @@ run_check() {
 skip() { echo "$1"; exit 77; }  # checks run in their own bash: this ends the check, not the script
 have_cuda() { [[ $("$PYTHON" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null) == True ]]; }
 
+# The CPU dry run only lists what the kit would install: it leaves the development environment alone.
 check_install() {
-  if [[ -d $KIT/wheels ]]; then "$PYTHON" scripts/gpu_kit_install.py "$KIT"; else "$PYTHON" scripts/gpu_kit_install.py; fi
+  local args=()
+  [[ $MODE == cpu ]] && args+=(--check)
+  [[ -d $KIT/wheels ]] && args+=("$KIT")
+  "$PYTHON" scripts/gpu_kit_install.py "${args[@]}"
 }
 
 # FER2013 for the recipe: the kit's copy (decoded, checksums verified), else FER_CSV; synthetic faces
@@ -196,4 +201,6 @@ fi
 report finish
 rc=$?
 echo "gpu-check: $(($(date +%s) - START))s; $JSON"
+exec 1>&- 2>&-
+wait "$TEE_PID" 2>/dev/null  # the log is complete before the results are collected
 exit $rc

@@ -93,7 +93,9 @@ def status_of(rc: int) -> str:
     return "pass" if rc == 0 else "skip" if rc == SKIP else "fail"
 
 
-def add_record(report: dict, name: str, rc: int, seconds: float, output: Path | None, figures: Path | None) -> dict:
+def add_record(
+    report: dict, name: str, rc: int, seconds: float, output: Path | None, figures: Path | None
+) -> dict:
     record = {"name": name, "status": status_of(rc), "seconds": round(seconds, 1), "exit_code": rc}
     text = tail(output)
     if record["status"] == "skip":
@@ -115,7 +117,9 @@ def junit_records(path: Path) -> list[dict]:
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as err:
-        return [{"name": f"pytest:{path.name}", "status": "fail", "seconds": 0.0, "error": f"no JUnit XML: {err}"}]
+        return [
+            {"name": f"pytest:{path.name}", "status": "fail", "seconds": 0.0, "error": f"no JUnit XML: {err}"}
+        ]
     records = []
     for case in root.iter("testcase"):
         module = case.get("classname", "").replace(".", "/")
@@ -147,7 +151,9 @@ def bench_gpu_figures(path: Path) -> dict:
         if len(cells) < len(header) - 1 or not cells[0].isdigit():
             break
         row = dict(zip(header, cells, strict=False))
-        key = f"b{row['batch']}_{row['precision']}_{row['compile']}" + ("_cl" if row["channels_last"] == "on" else "")
+        key = f"b{row['batch']}_{row['precision']}_{row['compile']}" + (
+            "_cl" if row["channels_last"] == "on" else ""
+        )
         figures[key] = {
             "median_ms": number(row["median ms"]),
             "p90_ms": number(row["p90 ms"]),
@@ -178,10 +184,15 @@ def last_json(path: Path) -> dict:
 
 def finish(report: dict) -> int:
     counts = {s: sum(c["status"] == s for c in report["checks"]) for s in ("pass", "fail", "skip")}
-    report["summary"] = {**counts, "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    report["summary"] = {
+        **counts,
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
     for c in report["checks"]:
         why = c.get("reason") or (c.get("error", "").splitlines() or [""])[-1]
-        print(f"{c['status']:>4}  {c['seconds']:7.1f}s  {c['name']}  {why[:100] if c['status'] != 'pass' else ''}")
+        print(
+            f"{c['status']:>4}  {c['seconds']:7.1f}s  {c['name']}  {why[:100] if c['status'] != 'pass' else ''}"
+        )
     print(f"gpu-check: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")
     return 1 if counts["fail"] else 0
 

@@ -123,7 +123,9 @@ def content_sha256(pixels: np.ndarray, labels: np.ndarray, usage: np.ndarray) ->
 def csv_bytes(pixels: np.ndarray, labels: np.ndarray, usage: np.ndarray, newline: str) -> bytes:
     numbers = [str(v) for v in range(256)]
     lines = [HEADER]
-    for face, label, use in zip(pixels.reshape(len(pixels), PIXELS).tolist(), labels.tolist(), usage.tolist()):
+    for face, label, use in zip(
+        pixels.reshape(len(pixels), PIXELS).tolist(), labels.tolist(), usage.tolist(), strict=True
+    ):
         lines.append(f"{label},{' '.join(map(numbers.__getitem__, face))},{USAGES[use]}")
     return (newline.join(lines) + newline).encode("ascii")
 
@@ -175,7 +177,9 @@ def decode(stem: Path, out_csv: Path) -> dict:
     pixels = reconstruct(data[2 * n :].reshape(n, SIDE, SIDE))
     got = content_sha256(pixels, labels, usage)
     if got != meta["content_sha256"]:
-        raise CodecError(f"{packed_path}: decoded pixels+labels+usage sha256 {got} != {meta['content_sha256']}")
+        raise CodecError(
+            f"{packed_path}: decoded pixels+labels+usage sha256 {got} != {meta['content_sha256']}"
+        )
     text = csv_bytes(pixels, labels, usage, meta["newline"])
     got = hashlib.sha256(text).hexdigest()
     if got != meta["csv_sha256"]:
@@ -199,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "encode":
             meta = encode(args.source, args.stem)
             ratio = meta["packed_bytes"] / meta["raw_pixel_bytes"]
-            print(f"{args.stem}.xz: {meta['rows']} rows, {meta['packed_bytes']:,} bytes ({ratio:.3f} of raw pixels)")
+            print(
+                f"{args.stem}.xz: {meta['rows']} rows, {meta['packed_bytes']:,} bytes ({ratio:.3f} of raw pixels)"
+            )
         else:
             meta = decode(args.stem, args.out_csv)
             print(f"{args.out_csv}: {meta['rows']} rows, sha256 verified ({meta['csv_sha256'][:16]}...)")

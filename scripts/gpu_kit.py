@@ -66,7 +66,9 @@ def pinned(names: tuple[str, ...], pins: dict[str, str]) -> list[str]:
             try:
                 version = importlib.metadata.version(name)
             except importlib.metadata.PackageNotFoundError:
-                sys.exit(f"gpu_kit: {name} is neither pinned in constraints.txt nor installed here; run make install")
+                sys.exit(
+                    f"gpu_kit: {name} is neither pinned in constraints.txt nor installed here; run make install"
+                )
         specs.append(f"{name}=={version}")
     return specs
 
@@ -126,13 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         if stem.with_suffix(".json").is_file() and stem.with_suffix(".xz").is_file():
             print(f"{stem}.xz: kept (delete it to re-encode)")
         elif not args.fer.is_file():
-            sys.exit(f"gpu_kit: {args.fer}: no such file; pass --fer PATH, or --no-data for a kit without data")
+            sys.exit(
+                f"gpu_kit: {args.fer}: no such file; pass --fer PATH, or --no-data for a kit without data"
+            )
         else:
             print(f"encoding {args.fer} (a few minutes: xz preset 9e) ...", flush=True)
             gpu_fer_codec.main(["encode", str(args.fer), str(stem)])
 
     parts = {"tree (tracked + untracked, not ignored)": tree_bytes(), "wheels/": dir_bytes(wheels)}
-    parts["FER2013 copy"] = sum(stem.with_suffix(s).stat().st_size for s in (".xz", ".json") if stem.with_suffix(s).exists())
+    parts["FER2013 copy"] = sum(
+        stem.with_suffix(s).stat().st_size for s in (".xz", ".json") if stem.with_suffix(s).exists()
+    )
     parts.update({str(p): dir_bytes(p) if p.is_dir() else p.stat().st_size for p in args.carry})
     total = sum(parts.values())
     for name, size in parts.items():

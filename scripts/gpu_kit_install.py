@@ -2,6 +2,7 @@
 
     python scripts/gpu_kit_install.py .gpu-kit      # offline: the kit's files for what is missing
     python scripts/gpu_kit_install.py               # no kit: the missing top-level packages from the index
+    python scripts/gpu_kit_install.py --check .gpu-kit   # say what would be installed, install nothing
 
 With the kit, only distributions that are not installed at all are installed, from the kit's own
 files and with --no-deps, so pip never resolves (and never replaces) torch, numpy or pyarrow. Wheels
@@ -49,11 +50,14 @@ def pip(args: list[str]) -> None:
     subprocess.run(PIP + args, check=True, env=ENV)
 
 
-def install_from_kit(kit: Path) -> None:
+def install_from_kit(kit: Path, check: bool) -> None:
     files = sorted(p for p in (kit / "wheels").iterdir() if p.suffix == ".whl" or p.name.endswith(".tar.gz"))
     missing = [p for p in files if not installed(dist_name(p))]
     kept = sorted({dist_name(p) for p in files} - {dist_name(p) for p in missing})
     print(f"kit: {len(files)} files; already installed here, kept: {', '.join(kept) or 'none'}")
+    print(f"kit: missing here: {', '.join(dist_name(p) for p in missing) or 'none'}")
+    if check:
+        return
     wheels = [str(p) for p in missing if p.suffix == ".whl"]
     sdists = [str(p) for p in missing if p.suffix != ".whl"]
     if wheels:
@@ -62,10 +66,13 @@ def install_from_kit(kit: Path) -> None:
         pip(["--no-deps", "--no-index", "--no-build-isolation", *sdists])
 
 
-def install_from_index() -> None:
+def install_from_index(check: bool) -> None:
     pins = constraint_pins()
-    wanted = [f"{n}=={pins[normalize(n)]}" if normalize(n) in pins else n for n in TOP_LEVEL if not installed(n)]
-    if wanted:
+    wanted = [
+        f"{n}=={pins[normalize(n)]}" if normalize(n) in pins else n for n in TOP_LEVEL if not installed(n)
+    ]
+    print(f"index: missing here: {', '.join(wanted) or 'none'}")
+    if wanted and not check:
         # With dependencies: an installed torch satisfies DeepSpeed's `torch>=2` and is kept.
         pip(wanted)
 
@@ -85,15 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("kit", type=Path, nargs="?", help="kit directory (absent: install from the index)")
+    parser.add_argument("--check", action="store_true", help="list what is missing, install nothing")
     args = parser.parse_args(argv)
     try:
         if args.kit is not None and (args.kit / "wheels").is_dir():
-            install_from_kit(args.kit)
+            install_from_kit(args.kit, args.check)
         else:
-            install_from_index()
-        install_project()
+            install_from_index(args.check)
+        if not args.check:
+            install_project()
     except subprocess.CalledProcessError as err:
-        print(f"gpu_kit_install: {' '.join(err.cmd[3:])} failed with exit code {err.returncode}", file=sys.stderr)
+        print(
+            f"gpu_kit_install: {' '.join(err.cmd[3:])} failed with exit code {err.returncode}",
+            file=sys.stderr,
+        )
         return 1
     subprocess.run([sys.executable, "-m", "pip", "check"], env=ENV)
     return 0

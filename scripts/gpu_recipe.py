@@ -86,7 +86,9 @@ def figures_from_metrics(metrics: Path, started: float) -> dict:
     figures: dict = {"validations": len(validation)}
     for threshold in THRESHOLDS:
         hit = next((r for r in validation if r["validation/accuracy"] >= threshold), None)
-        figures[f"time_to_{round(threshold * 100)}pct_s"] = None if hit is None else round(hit["time"] - started, 1)
+        figures[f"time_to_{round(threshold * 100)}pct_s"] = (
+            None if hit is None else round(hit["time"] - started, 1)
+        )
     if validation:
         best = max(validation, key=lambda r: r["validation/accuracy"])
         figures.update(
@@ -95,7 +97,9 @@ def figures_from_metrics(metrics: Path, started: float) -> dict:
             best_epoch=best["epoch"],
             best_time_s=round(best["time"] - started, 1),
         )
-        times = [validation[0]["time"] - started] + [b["time"] - a["time"] for a, b in zip(validation, validation[1:])]
+        times = [validation[0]["time"] - started] + [
+            b["time"] - a["time"] for a, b in zip(validation, validation[1:], strict=False)
+        ]
         figures["epoch_s"] = [round(t, 1) for t in times]  # the first includes start-up
     if train_rates:
         figures["train_images_per_s_median"] = round(sorted(train_rates)[len(train_rates) // 2], 1)
@@ -120,7 +124,10 @@ def bundle(run_dir: Path, data: Path, command: list[str], work: Path, out: Path)
     with tarfile.open(tmp, "w:gz") as tar:
         tar.add(target, arcname="recipe_model")
     os.replace(tmp, out / "recipe_model.tar.gz")
-    figures = {"model_tar": "recipe_model.tar.gz", "model_tar_bytes": (out / "recipe_model.tar.gz").stat().st_size}
+    figures = {
+        "model_tar": "recipe_model.tar.gz",
+        "model_tar_bytes": (out / "recipe_model.tar.gz").stat().st_size,
+    }
     for line in done.stdout.splitlines():  # "PublicTest, flip TTA: accuracy 0.6512 macro-F1 0.6123"
         if line.startswith("PublicTest, ") and " accuracy " in line:
             tta = line.split()[1]

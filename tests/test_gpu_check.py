@@ -26,7 +26,11 @@ def test_codec_round_trip_is_byte_identical(tmp_path, synth_csv):
     encoded = run_script(SCRIPTS / "gpu_fer_codec.py", "encode", synth_csv, stem)
     assert encoded.returncode == 0, encoded.stderr
     meta = json.loads(stem.with_suffix(".json").read_text())
-    assert meta["rows"] == 300 and meta["usage_counts"] == {"Training": 240, "PublicTest": 30, "PrivateTest": 30}
+    assert meta["rows"] == 300 and meta["usage_counts"] == {
+        "Training": 240,
+        "PublicTest": 30,
+        "PrivateTest": 30,
+    }
     assert stem.with_suffix(".xz").stat().st_size < 0.9 * meta["raw_pixel_bytes"]
     decoded = run_script(SCRIPTS / "gpu_fer_codec.py", "decode", stem, tmp_path / "out.csv")
     assert decoded.returncode == 0, decoded.stderr
@@ -53,11 +57,16 @@ def test_codec_names_the_bad_row(tmp_path, synth_csv):
     bad.write_text("".join(lines))
     encoded = run_script(SCRIPTS / "gpu_fer_codec.py", "encode", bad, tmp_path / "fer")
     assert encoded.returncode == 2
-    assert encoded.stderr == f"gpu_fer_codec: {bad}: line 3: pixels must be 2304 integers 0..255, got 2303 values\n"
+    assert (
+        encoded.stderr
+        == f"gpu_fer_codec: {bad}: line 3: pixels must be 2304 integers 0..255, got 2303 values\n"
+    )
 
 
 def test_kit_size_check_fails_clearly_over_budget(tmp_path):
-    result = run_script(SCRIPTS / "gpu_kit.py", "--size-only", "--out", tmp_path / "kit", "--budget-mib", "0.01")
+    result = run_script(
+        SCRIPTS / "gpu_kit.py", "--size-only", "--out", tmp_path / "kit", "--budget-mib", "0.01"
+    )
     assert result.returncode == 1
     assert "tree (tracked + untracked, not ignored)" in result.stdout
     assert result.stderr.startswith("gpu_kit: over budget by ")

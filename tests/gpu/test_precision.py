@@ -9,7 +9,10 @@ from tests.training_utils import train_command
 
 pytestmark = GPU
 # Candidate spellings of a CUDA-graph compile mode (issue 13); the first the config accepts is used.
-CUDA_GRAPH_OVERRIDES = (("run.compile=true", "run.compile_mode=reduce-overhead"), ("run.compile=reduce-overhead",))
+CUDA_GRAPH_OVERRIDES = (
+    ("run.compile=true", "run.compile_mode=reduce-overhead"),
+    ("run.compile=reduce-overhead",),
+)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -31,7 +31,9 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_one(tmp_path, gpu_data
         process.wait()
     assert not (run_dir / "final").exists(), "the kill came too late to test anything"
 
-    resumed = run_with(train_command(*tiny_args(gpu_data, tmp_path, "interrupted", *common, "--resume", "latest")))
+    resumed = run_with(
+        train_command(*tiny_args(gpu_data, tmp_path, "interrupted", *common, "--resume", "latest"))
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert train_steps(run_dir) == train_steps(tmp_path / "straight") == list(range(10, STEPS + 1, 10))
     a, b = train_losses(tmp_path / "straight"), train_losses(run_dir)
