@@ -47,6 +47,7 @@ DEADLINE=$((START + BUDGET_S))
 echo "gpu-check: mode $MODE, budget ${BUDGET_S}s, python $PYTHON, out $OUT, work $WORK, $(date -u)"
 
 report() { "$PYTHON" scripts/gpu_check_report.py "$JSON" "$@"; }
+figures() { "$PYTHON" scripts/gpu_check_report.py - "$@"; }  # figures bench-gpu|last-json FILE
 
 # run_check NAME LIMIT_S COMMAND...: COMMAND (a function below) in a subshell under timeout, clipped to
 # the budget left; its output goes to the log and to $WORK/logs/NAME.out, its figures (if any) are
@@ -105,9 +106,11 @@ print(json.dumps({"source": sys.argv[2], **{f"{k}_rows": v["rows"] for k, v in s
 EOF
 }
 
-# The GPU tests, one pytest per file in parallel (they only need correctness, not a quiet GPU).
+# The GPU tests, one pytest per file in parallel (they only need correctness, not a quiet GPU); one
+# pytest for all in the CPU dry run, where every test skips and start-up is the cost.
 check_pytest() {
   local files=(tests/gpu/test_*.py) pids=() rc=0 i
+  [[ $MODE == cpu ]] && files=(tests/gpu)
   for i in "${!files[@]}"; do
     "$PYTHON" -m pytest -m gpu -p no:cacheprovider -q "${files[$i]}" --junitxml="$WORK/junit_$i.xml" \
       > "$WORK/logs/pytest_$i.out" 2>&1 &
@@ -125,10 +128,10 @@ check_pytest() {
 
 check_bench_gpu() {  # check_bench_gpu NAME BATCH
   local args=(--precisions bf16 --channels-last off --compile eager,default,reduce-overhead --steps 50 --warmup 10)
-  if [[ $MODE == cpu ]]; then args=(--cpu --precisions bf16 --channels-last off --steps 2 --warmup 1); fi
+  if [[ $MODE == cpu ]]; then args=(--cpu --precisions bf16 --channels-last off --steps 1 --warmup 1); fi
   "$PYTHON" -m benchmarks.bench_gpu --batch-sizes "$2" "${args[@]}" | tee "$WORK/$1.txt"
   local rc=${PIPESTATUS[0]}
-  report - bench-gpu "$WORK/$1.txt" > "$WORK/figures/$1.json"
+  figures bench-gpu "$WORK/$1.txt" > "$WORK/figures/$1.json"
   return "$rc"
 }
 
@@ -137,7 +140,7 @@ check_bench_augment() {
   [[ $MODE == cpu ]] && skip "CPU dry mode: bench_augment runs on the GPU run only"
   "$PYTHON" -m benchmarks.bench_augment | tee "$WORK/bench_augment.txt"
   local rc=${PIPESTATUS[0]}
-  report - last-json "$WORK/bench_augment.txt" > "$WORK/figures/bench_augment.json"
+  figures last-json "$WORK/bench_augment.txt" > "$WORK/figures/bench_augment.json"
   return "$rc"
 }
 
@@ -146,7 +149,7 @@ check_recipe() {  # check_recipe BUDGET_S
   if [[ $MODE == cpu ]]; then
     # The same driver on the tiny test model: exercises planning, metrics, bundling and the tar.
     "$PYTHON" scripts/gpu_recipe.py --data "$DATA" --work "$WORK" --out "$OUT" --budget-s "$1" --img-s 40 \
-      --figures "$WORK/figures/recipe.json" --config tests/configs/tiny.yaml run.max_steps=10 data.num_workers=0
+      --figures "$WORK/figures/recipe.json" --config tests/configs/tiny.yaml run.max_steps=4 data.num_workers=0
     return
   fi
   grep -q synth "$WORK/data_source" && skip "no FER2013 data: no kit and no FER_CSV"
@@ -158,7 +161,7 @@ print(c.get("bench_gpu_b8", {}).get("figures", {}).get("b8_bf16_eager", {}).get(
   "$PYTHON" scripts/gpu_recipe.py --data "$DATA" --work "$WORK" --out "$OUT" --budget-s "$1" --img-s "$img_s" \
     --figures "$WORK/figures/recipe.json" "data.num_workers=$(($(nproc) > 9 ? 8 : 2))"
 }
-export -f skip have_cuda report check_install check_data check_pytest check_bench_gpu check_bench_augment \
+export -f skip have_cuda report figures check_install check_data check_pytest check_bench_gpu check_bench_augment \
   check_recipe
 export JSON
 

@@ -230,9 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         save(args.json, report)
         return 0
     # Checks may finish concurrently (the data prep runs beside the tests): one writer at a time.
-    with open(args.json.with_name(args.json.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # The lock is on the folder: no extra file comes back with the results.
+    folder = os.open(args.json.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         return update(args)
+    finally:
+        os.close(folder)
 
 
 def update(args: argparse.Namespace) -> int:
