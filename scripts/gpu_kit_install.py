@@ -4,8 +4,8 @@
     python scripts/gpu_kit_install.py               # no kit: the missing top-level packages from the index
     python scripts/gpu_kit_install.py --check .gpu-kit   # say what would be installed, install nothing
 
-With the kit, only distributions that are not installed at all are installed, from the kit's own
-files and with --no-deps, so pip never resolves (and never replaces) torch, numpy or pyarrow. Wheels
+With the kit, only distributions that are missing (or older than the kit's) are installed, from the
+kit's own files and with --no-deps, so pip never resolves (and never replaces) torch, numpy or pyarrow. Wheels
 go first: setuptools/wheel must be there before DeepSpeed's sdist and the project build without
 build isolation. DeepSpeed builds no ops (DS_BUILD_OPS=0): they are JIT-compiled when used. Then
 the project itself (--no-deps, editable), unless this checkout is already what `emotionnet` imports.
@@ -37,12 +37,24 @@ def dist_name(file: Path) -> str:
     return normalize(re.split(r"-(?=\d)", file.name, maxsplit=1)[0])
 
 
-def installed(name: str) -> bool:
+def installed(name: str, at_least: str | None = None) -> bool:
+    """Whether `name` is installed (and, given `at_least`, not older than that version)."""
     try:
-        importlib.metadata.version(name)
+        version = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return False
-    return True
+    if at_least is None:
+        return True
+    try:
+        from packaging.version import Version
+    except ImportError:  # no way to compare: keep what is there
+        return True
+    return Version(version) >= Version(at_least)
+
+
+def dist_version(file: Path) -> str:
+    stem = file.name.removesuffix(".tar.gz")
+    return re.split(r"-(?=\d)", stem, maxsplit=1)[1].split("-")[0]
 
 
 def pip(args: list[str]) -> None:
@@ -52,10 +64,13 @@ def pip(args: list[str]) -> None:
 
 def install_from_kit(kit: Path, check: bool) -> None:
     files = sorted(p for p in (kit / "wheels").iterdir() if p.suffix == ".whl" or p.name.endswith(".tar.gz"))
-    missing = [p for p in files if not installed(dist_name(p))]
+    # Missing or older than the kit's (e.g. a typing-extensions too old for pydantic); never a downgrade.
+    missing = [p for p in files if not installed(dist_name(p), dist_version(p))]
     kept = sorted({dist_name(p) for p in files} - {dist_name(p) for p in missing})
-    print(f"kit: {len(files)} files; already installed here, kept: {', '.join(kept) or 'none'}")
-    print(f"kit: missing here: {', '.join(dist_name(p) for p in missing) or 'none'}")
+    print(
+        f"kit: {len(files)} files; installed here at the kit's version or newer, kept: {', '.join(kept) or 'none'}"
+    )
+    print(f"kit: missing or older here: {', '.join(p.name for p in missing) or 'none'}")
     if check:
         return
     wheels = [str(p) for p in missing if p.suffix == ".whl"]
