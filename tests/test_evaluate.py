@@ -15,12 +15,14 @@ import torch
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.schema import CLASS_NAMES
 from emotionnet.cli.eval import main
+from emotionnet.config.schema import TrackingConfig
 from emotionnet.data.loaders import load_splits
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.evaluation.evaluate import evaluate, metric_prefix
 from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble
-from emotionnet.inference.export import DESCRIPTION_NAME, load_export, save_export
+from emotionnet.inference.export import load_export, save_export
 from emotionnet.model.emotionnet import EmotionNet, ModelConfig
+from emotionnet.tracking.mlflow_tracker import log_best_model
 
 TINY = ModelConfig(
     backbone_stages=3, output_stride=8, d_model=32, depth=1, heads=2, spatial_heads=2, head_hidden=32
@@ -216,29 +218,21 @@ def mlflow_store(tmp_path_factory):
         yield client, client.create_experiment("eval-test", artifact_location=(root / "artifacts").as_uri())
 
 
-@pytest.mark.parametrize(
-    "serialization", ["pickle", "pt2"]
-)  # the trackers log pickle; MLflow 3's default is pt2
-def test_mlflow_model_uri_gives_the_exported_model(mlflow_store, arrow_dir, models, serialization):
-    import mlflow.pytorch
+def test_mlflow_model_uri_gives_the_exported_model(mlflow_store, arrow_dir, models):
+    """The model training logs (its safetensors export as a pyfunc), loaded by run and by alias."""
+    import mlflow
 
     client, experiment = mlflow_store
     run_id = client.create_run(experiment).info.run_id
-    model, _ = load_export(models[0])
+    tracking = TrackingConfig(registered_model_name="eval-test-model", registered_model_alias="champion")
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            pip_requirements=[],
-            serialization_format=serialization,
-            input_example=np.zeros((2, 1, 48, 48), np.float32),  # batch > 1: a dynamic batch size
-            extra_files=[str(models[0] / DESCRIPTION_NAME)],
-        )
+        log_best_model(models[0], tracking, step=1)
     rows = load_splits(arrow_dir)["test"]
     cpu = torch.device("cpu")
-    from_uri = evaluate(Ensemble.load([f"runs:/{run_id}/model"], cpu), rows, progress=False)
     from_export = evaluate(Ensemble.load([str(models[0])], cpu), rows, progress=False)
-    torch.testing.assert_close(from_uri.probabilities, from_export.probabilities)
+    for uri in (f"runs:/{run_id}/model", "models:/eval-test-model@champion"):
+        from_uri = evaluate(Ensemble.load([uri], cpu), rows, progress=False)
+        torch.testing.assert_close(from_uri.probabilities, from_export.probabilities, rtol=0, atol=0)
 
 
 def test_eval_logs_into_an_existing_mlflow_run(capsys, tmp_path, mlflow_store, arrow_dir, models):

@@ -21,7 +21,7 @@ from emotionnet.cli.replay import main as replay_main
 from emotionnet.cli.train import run as train_run
 from emotionnet.config import loader as config_loader
 from emotionnet.config.schema import TrainConfig
-from emotionnet.inference.export import load_export
+from emotionnet.inference.ensemble import Ensemble
 from emotionnet.tracking.mlflow_tracker import RunRecord, build_trackers
 from emotionnet.tracking.redact import REDACTED, redact_tree
 from emotionnet.tracking.ui import LOOPBACK, server_command
@@ -190,22 +190,24 @@ def test_run_against_server_is_complete(data_dir, tmp_path, mlflow_server, no_tr
         for file in ("confusion_matrix.png", "report.json", "report.md", "misclassified.png"):
             assert f"reports/{name}/{file}" in artifacts
     assert {"config.yaml", "dataset/manifest.json", "reports/training_curves.png"} <= artifacts
+    assert "reports/augmentations.png" in artifacts  # the trainer's augmentation grid, mirrored at start
     report = json.loads(
         Path(client.download_artifacts(run_id, "reports/test/report.json", str(tmp_path))).read_text()
     )
     assert report["accuracy"] == pytest.approx(run.data.metrics["test/accuracy"])
     assert set(report["per_class"]["disgust"]) >= {"precision", "recall", "f1", "support"}
 
-    # the logged model predicts exactly what the run directory's best/ export predicts
+    # the logged model (the best/ export as a pyfunc) predicts exactly what best/ predicts, whether loaded
+    # by our loader (the export itself, nothing unpickled) or served by MLflow's pyfunc
     mlflow.set_tracking_uri(mlflow_server.url)
-    logged = mlflow.pytorch.load_model(tags["emotionnet.model_uri"])
-    export, description = load_export(trainer.run_dir / "best")
-    faces = torch.from_numpy(
-        np.asarray(trainer.splits["validation"].with_format("numpy")[:16]["image"], np.uint8)
-    )
-    pixels = description.preprocessing(faces)
-    with torch.no_grad():
-        torch.testing.assert_close(logged.eval()(pixels), export(pixels), rtol=0, atol=0)
+    faces = np.asarray(trainer.splits["validation"].with_format("numpy")[:16]["image"], np.uint8)
+    export = Ensemble.load([str(trainer.run_dir / "best")], torch.device("cpu"))
+    expected = export.predict_proba(torch.from_numpy(faces))
+    logged = Ensemble.load([tags["emotionnet.model_uri"]], torch.device("cpu"))
+    torch.testing.assert_close(logged.predict_proba(torch.from_numpy(faces)), expected, rtol=0, atol=0)
+    served = mlflow.pyfunc.load_model(tags["emotionnet.model_uri"]).predict(faces)
+    assert list(served.columns) == list(export.class_names)
+    np.testing.assert_allclose(served.to_numpy(), expected.numpy(), rtol=0, atol=0)
     version = client.get_model_version_by_alias("emotionnet-test", "champion")
     assert version.run_id == run_id
 

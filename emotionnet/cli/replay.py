@@ -8,6 +8,7 @@ from pathlib import Path
 
 from emotionnet.exit_codes import ExitCode, exit_codes_help
 from emotionnet.tracking import replay as replay_module
+from emotionnet.tracking.redact import redact_text
 from emotionnet.tracking.replay import ReplayError, replay
 
 
@@ -19,14 +20,21 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", type=Path, help="a training run directory (holds metrics.jsonl)")
-    parser.add_argument("--tracking-uri", help="the MLflow store to write to (default: the one the run used)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="the MLflow store to write to (default: the run's own, as described above)",
+    )
     args = parser.parse_args(argv)
     try:
-        uploaded, present = replay(args.run_dir, args.tracking_uri)
+        result = replay(args.run_dir, args.tracking_uri)
     except ReplayError as err:
-        print(f"emotionnet-mlflow-replay: {err}", file=sys.stderr)
+        print(f"emotionnet-mlflow-replay: {redact_text(str(err))}", file=sys.stderr)
         return ExitCode.BAD_INPUT
-    print(f"{args.run_dir}: uploaded {uploaded} metric values, {present} were already in MLflow")
+    if result.created:
+        print(f"{args.run_dir}: was never tracked; created MLflow run {result.run_id}")
+    print(
+        f"{args.run_dir}: uploaded {result.uploaded} metric values, {result.present} were already in MLflow"
+    )
     return ExitCode.OK
 
 

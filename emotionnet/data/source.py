@@ -57,7 +57,12 @@ def prepared_cache(csv: Path, cache_root: Path) -> Path:
     log.info("preparing %s into cache %s", csv, target)
     cache_root.mkdir(parents=True, exist_ok=True)
     try:
-        prepare(csv, target, PrepOptions(overwrite=True))
+        # The hint names what training has: emotionnet-prep's quarantine, then data.data_dir.
+        hint = (
+            f"set them aside with `emotionnet-prep {csv} DIR --on-bad-rows quarantine`, then train on DIR "
+            "with data.data_dir=DIR (or --data_dir DIR) instead of the CSV"
+        )
+        prepare(csv, target, PrepOptions(overwrite=True, bad_rows_hint=hint))
     except PrepError as err:
         raise DataSourceError(str(err)) from err
     return target

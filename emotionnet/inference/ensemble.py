@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_prep.schema import CLASS_NAMES
 from emotionnet.assets import BUNDLED_MODEL
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import TTAMode, tta_views
-from emotionnet.inference.export import DESCRIPTION_NAME, load_export, read_description
+from emotionnet.inference.export import DESCRIPTION_NAME, WEIGHTS_NAME, load_export
 from emotionnet.run_layout import EXPORTS
 
 # Used when no model is given. The bundled model lives in the source tree (next to the package);
@@ -78,37 +77,38 @@ def load_model(spec: str, device: torch.device) -> LoadedModel:
         exports = [name for name in EXPORTS if (path / name / DESCRIPTION_NAME).is_file()]
         hint = f"; pass {path / exports[0]} instead" if exports else ""
         raise ModelLoadError(f"{spec} is not an EmotionNet model export (no {DESCRIPTION_NAME}){hint}")
+    return _load_export_dir(path, device, spec)
+
+
+def _load_export_dir(path: Path, device: torch.device, source: str) -> LoadedModel:
     try:
         model, description = load_export(path, device)
     except (ValueError, RuntimeError, OSError) as err:  # bad description / weights that do not fit it
-        raise ModelLoadError(f"{spec}: cannot load the model export: {_first_line(err)}") from err
-    return LoadedModel(model, description.preprocessing, tuple(description.class_names), spec)
+        raise ModelLoadError(f"{source}: cannot load the model export: {_first_line(err)}") from err
+    return LoadedModel(model, description.preprocessing, tuple(description.class_names), source)
 
 
 def _load_mlflow_model(uri: str, device: torch.device) -> LoadedModel:
-    import mlflow.pytorch  # slow import: only when an MLflow model is asked for
+    """An MLflow model logged by EmotionNet (see emotionnet/tracking/pyfunc_model.py): its export
+    artifact is downloaded and read with the export loader. Nothing the registry holds is unpickled or
+    run, so a model logged in another format (e.g. a pickled torch module) is refused."""
+    import mlflow.artifacts  # slow import: only when an MLflow model is asked for
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory(prefix="emotionnet-mlflow-model-") as tmp:
         try:
-            model = mlflow.pytorch.load_model(uri, dst_path=tmp, map_location=device)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except (MlflowException, OSError) as err:
             raise ModelLoadError(f"{uri}: cannot load the MLflow model: {_first_line(err)}") from err
-        # A model logged with its export description (extra_files) carries its exact preprocessing.
-        found = sorted(Path(tmp).rglob(DESCRIPTION_NAME))
-        description = read_description(found[0].parent) if found else None
-    if description is not None:
-        preprocessing, class_names = description.preprocessing, tuple(description.class_names)
-    else:
-        config = getattr(model, "config", None)
-        if config is None:
-            raise ModelLoadError(f"{uri} is not an EmotionNet model (it has no model config)")
-        preprocessing, class_names = Preprocessing(input_size=config.input_size), CLASS_NAMES
-    try:
-        model = model.to(device).float().eval()
-    except NotImplementedError:
-        pass  # a torch.export program (MLflow's "pt2" format): traced in eval mode, stays where loaded
-    return LoadedModel(model, preprocessing, class_names, uri)
+        exports = [
+            p.parent for p in sorted(local.rglob(DESCRIPTION_NAME)) if (p.parent / WEIGHTS_NAME).is_file()
+        ]
+        if len(exports) != 1:
+            raise ModelLoadError(
+                f"{uri} is not an EmotionNet MLflow model (it holds no export with {WEIGHTS_NAME} and "
+                f"{DESCRIPTION_NAME}; models logged as pickles by older EmotionNet versions are not loaded)"
+            )
+        return _load_export_dir(exports[0], device, uri)
 
 
 def _first_line(err: BaseException) -> str:

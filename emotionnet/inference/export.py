@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from data_prep.schema import CLASS_NAMES
 from emotionnet.config.loader import build
 from emotionnet.data.preprocessing import Preprocessing
-from emotionnet.model.emotionnet import EmotionNet, ModelConfig
+from emotionnet.model.emotionnet import LEGACY_DEFAULTS, EmotionNet, ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
 DESCRIPTION_NAME = "emotionnet.json"
@@ -33,6 +34,20 @@ class ExportDescription:
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     format_version: int = EXPORT_FORMAT_VERSION
     metadata: dict = field(default_factory=dict)  # e.g. step, epoch, validation metrics
+
+    def __post_init__(self) -> None:
+        # A description read from a file: what does not fit together fails here, not mid-prediction.
+        if len(self.class_names) != self.model.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names for a model of {self.model.num_classes} classes"
+            )
+        if self.preprocessing.input_size != self.model.input_size:
+            raise ValueError(
+                f"preprocessing.input_size {self.preprocessing.input_size} differs from model.input_size "
+                f"{self.model.input_size}"
+            )
+        if not self.preprocessing.std > 0:
+            raise ValueError(f"preprocessing.std must be > 0, got {self.preprocessing.std}")
 
 
 def save_export(
@@ -80,6 +95,8 @@ def read_description(directory: str | Path) -> ExportDescription:
                 f"export format version {version!r}, but this EmotionNet reads version {EXPORT_FORMAT_VERSION} "
                 "(re-export the model with a matching EmotionNet)"
             )
+        if isinstance(values.get("model"), dict):  # fields it predates mean the architecture it had
+            values["model"] = {**LEGACY_DEFAULTS, **values["model"]}
         return build(ExportDescription, values)
     except ValueError as err:  # ConfigError and JSONDecodeError are ValueErrors
         raise ValueError(f"{path}: {err}") from err
@@ -88,9 +105,24 @@ def read_description(directory: str | Path) -> ExportDescription:
 def load_export(
     directory: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[EmotionNet, ExportDescription]:
-    """The exported model in eval mode (float32) and its description."""
+    """The exported model in eval mode (float32) and its description.
+
+    ValueError (naming the file) for a description or weights that cannot be read or do not fit."""
     description = read_description(directory)
-    model = EmotionNet(description.model)
-    state = load_file(Path(directory) / WEIGHTS_NAME)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    weights = Path(directory) / WEIGHTS_NAME
+    try:
+        model = EmotionNet(description.model)
+    except ValueError as err:
+        raise ValueError(f"{Path(directory) / DESCRIPTION_NAME}: {err}") from err
+    try:
+        state = load_file(weights)
+    except SafetensorError as err:  # truncated, empty or not a safetensors file at all
+        raise ValueError(f"{weights}: not a readable safetensors file ({err})") from err
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as err:  # the first line only says "Error(s) in loading state_dict": show the next
+        details = str(err).splitlines()[1:] or [str(err)]
+        raise ValueError(
+            f"{weights} does not fit the model in {DESCRIPTION_NAME} ({details[0].strip()[:200]})"
+        ) from err
     return model.to(device).eval(), description

@@ -3,8 +3,9 @@
 Why MLflow's own API rather than accelerate's `MLflowTracker`: accelerate's tracker logs params and
 scalars through `accelerator.log` only. It cannot log a dataset input, figures or a model, has no
 system-metrics switch, and cannot reopen a run by id, which a requeued job needs to continue the same
-run. `mlflow.start_run(run_id=..., log_system_metrics=True)` does all of that, and
-`mlflow.pytorch.log_model` logs into the run it opened. Only the main process talks to MLflow.
+run. `mlflow.start_run(run_id=..., log_system_metrics=True)` does all of that, and `log_best_model`
+logs the best export into the run it opened, as a pyfunc over the safetensors export (pyfunc_model.py:
+nothing pickled, loaded back without running logged code). Only the main process talks to MLflow.
 
 Where runs go (the first that applies):
 1. `tracking.uri` in the config (an explicit choice for this run),
@@ -24,11 +25,17 @@ Resume: the run id is kept in `<run_dir>/mlflow_run.json`. A resumed job reopens
 logged first stay; metrics.jsonl holds the redone ones).
 
 Credentials: environment variables are never logged; config values whose key looks secret and
-user:password parts of URLs are redacted (emotionnet/tracking/redact.py) in params, tags and config.yaml.
+user:password parts of URLs are redacted (emotionnet/tracking/redact.py) in params, tags and config.yaml,
+and in every message: our errors and warnings, and MLflow's own log lines.
+
+Concurrency: runs that start at once in a new output directory create its SQLite store under a file
+lock (`.mlflow.db.lock` beside it): creating the tables twice at once fails.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import importlib.metadata
 import json
@@ -38,6 +45,7 @@ import platform
 import socket
 import subprocess
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,15 +55,16 @@ import torch
 import yaml
 
 from data_prep.manifest import Manifest
-from data_prep.schema import CLASS_NAMES, MANIFEST_NAME
+from data_prep.schema import CLASS_NAMES, IMAGE_SIZE, MANIFEST_NAME
 from emotionnet.config.loader import flatten, to_dict
 from emotionnet.config.schema import TrackingConfig, TrainConfig
+from emotionnet.data.augment import AUGMENT_GRID_NAME
 from emotionnet.evaluation.reports import CURVES_NAME
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.exit_codes import ExitCode
-from emotionnet.inference.export import DESCRIPTION_NAME, load_export
+from emotionnet.inference.ensemble import Ensemble, load_model
 from emotionnet.run_layout import REPORTS, RunLayout
-from emotionnet.tracking.redact import redact_text, redact_tree
+from emotionnet.tracking.redact import error_summary, redact_mlflow_logs, redact_text, redact_tree
 from emotionnet.train.callbacks import TrainerCallback, TrainerView
 
 if TYPE_CHECKING:
@@ -65,7 +74,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"  # the logged model's name in the run
+MODEL_URI_TAG = "emotionnet.model_uri"  # run tag: the logged model's URI
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the emotionnet package
+MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")  # logged as the MLflow model's code
 VERSION_TAGS = (
     "torch",
     "torchvision",
@@ -75,6 +86,13 @@ VERSION_TAGS = (
     "transformers",
     "datasets",
     "numpy",
+)
+
+
+SQLITE_PREFIX = "sqlite:///"
+TRAINING_HINT = (
+    "start the server or fix tracking.uri / MLFLOW_TRACKING_URI, or set tracking.optional=true to train "
+    "without tracking"
 )
 
 
@@ -95,7 +113,7 @@ def resolve_tracking_uri(cfg: TrackingConfig, output_dir: str | Path) -> tuple[s
     if env_uri := os.environ.get("MLFLOW_TRACKING_URI"):
         return env_uri, None
     root = Path(output_dir).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+    return f"{SQLITE_PREFIX}{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
 
 
 def short_http_retries(cfg: TrackingConfig) -> None:
@@ -106,42 +124,52 @@ def short_http_retries(cfg: TrackingConfig) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(cfg.http_timeout_s))
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0][:300] if text else "") or type(err).__name__
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Held while a process opens a SQLite store: two processes creating a new store's tables at once
+    collide ("table _alembic_tmp_experiments already exists"). Other stores need no lock."""
+    if not uri.startswith(SQLITE_PREFIX):
+        yield
+        return
+    db = Path(uri.removeprefix(SQLITE_PREFIX))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(f".{db.name}.lock"), "a") as lock:  # released when closed, or when killed
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
-def connect(cfg: TrackingConfig, output_dir: str | Path) -> TrackingTarget:
-    """Reach the store and get (or create) the experiment; TrackingError if that fails."""
+def connect(cfg: TrackingConfig, output_dir: str | Path, hint: str = TRAINING_HINT) -> TrackingTarget:
+    """Reach the store and get (or create) the experiment; TrackingError (ending with `hint`) if that fails."""
     from mlflow import MlflowClient
 
+    redact_mlflow_logs()
     short_http_retries(cfg)
     uri, artifact_location = resolve_tracking_uri(cfg, output_dir)
     if artifact_location is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
     try:
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(cfg.experiment)
-        if experiment is None:
-            # The kind makes the MLflow UI open the experiment in its model-training view.
-            experiment_id = client.create_experiment(
-                cfg.experiment,
-                artifact_location=artifact_location,
-                tags={"mlflow.experimentKind": "custom_model_development"},
-            )
-        elif experiment.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {cfg.experiment!r} at {redact_text(uri)} is deleted; restore it or set "
-                "another tracking.experiment"
-            )
-        else:
-            experiment_id = experiment.experiment_id
+        with store_lock(uri):
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name(cfg.experiment)
+            if experiment is None:
+                # The kind makes the MLflow UI open the experiment in its model-training view.
+                experiment_id = client.create_experiment(
+                    cfg.experiment,
+                    artifact_location=artifact_location,
+                    tags={"mlflow.experimentKind": "custom_model_development"},
+                )
+            elif experiment.lifecycle_stage == "deleted":
+                raise TrackingError(
+                    f"MLflow experiment {cfg.experiment!r} at {redact_text(uri)} is deleted; restore it or "
+                    "set another tracking.experiment"
+                )
+            else:
+                experiment_id = experiment.experiment_id
     except TrackingError:
         raise
     except Exception as err:  # any store failure (HTTP, database, permissions) is reported the same way
         raise TrackingError(
-            f"MLflow tracking at {redact_text(uri)} is not usable ({_first_line(err)}); start the server or "
-            "fix tracking.uri / MLFLOW_TRACKING_URI, or set tracking.optional=true to train without tracking"
+            f"MLflow tracking at {redact_text(uri)} is not usable ({error_summary(err)}); {hint}"
         ) from err
     return TrackingTarget(uri, experiment_id)
 
@@ -250,6 +278,24 @@ def manifest_dataset(data_dir: str | Path):
     return dataset, manifest
 
 
+def log_run_inputs(cfg: TrainConfig) -> None:
+    """What a new MLflow run gets first (into the active run): the config as params and as config.yaml,
+    the prep manifest as its dataset input and artifact. Secrets are redacted. (A replay long after
+    training may find the dataset gone: then it has no dataset input.)"""
+    import mlflow
+
+    params = flatten(redact_tree(to_dict(cfg)))
+    mlflow.log_params(params)
+    config_text = yaml.safe_dump(redact_tree(to_dict(cfg)), sort_keys=False)
+    mlflow.log_text(config_text, "config.yaml")
+    if not (Path(cfg.data.data_dir) / MANIFEST_NAME).is_file():
+        return
+    dataset, manifest = manifest_dataset(cfg.data.data_dir)
+    mlflow.log_input(dataset, context="training")
+    mlflow.log_artifact(str(Path(cfg.data.data_dir) / MANIFEST_NAME), "dataset")
+    mlflow.set_tags({"dataset.sha256": manifest.source.sha256, "dataset.fingerprint": manifest.fingerprint})
+
+
 def logged_steps(client: MlflowClient, run_id: str) -> dict[str, set[int]]:
     """The steps MLflow holds for each of the run's (non-system) metrics."""
     metrics = client.get_run(run_id).data.metrics
@@ -280,35 +326,38 @@ class RunRecord:
         os.replace(tmp, path)
 
 
-def log_best_model(export_dir: Path, cfg: TrackingConfig, step: int, example_faces: np.ndarray):
-    """Log an export with mlflow.pytorch.log_model into the active run; registers it when configured."""
+def log_best_model(export_dir: Path, cfg: TrackingConfig, step: int, example_faces: np.ndarray | None = None):
+    """Log an export as the active run's MLflow model (see pyfunc_model.py); registers it when configured.
+
+    `example_faces` (uint8, N x 48 x 48) become the model's input example; zeros when none are given."""
     import mlflow
-    import mlflow.pytorch
+    import mlflow.pyfunc
+    import pandas as pd
     from mlflow.models import infer_signature
 
-    model, description = load_export(export_dir)
-    example = description.preprocessing(torch.from_numpy(example_faces)).numpy()
-    with torch.no_grad():
-        logits = model(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        model,
+    from emotionnet.tracking.pyfunc_model import EXPORT_ARTIFACT  # a slow import (mlflow.pyfunc): only here
+
+    if example_faces is None:
+        example_faces = np.zeros((2, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    loaded = load_model(str(export_dir), torch.device("cpu"))
+    probabilities = Ensemble([loaded]).predict_proba(torch.from_numpy(example_faces)).numpy()
+    info = mlflow.pyfunc.log_model(
         name=MODEL_NAME,
-        signature=infer_signature(example, logits),
-        input_example=example,
+        python_model=str(MODEL_CODE),  # models from code: nothing is pickled
+        artifacts={EXPORT_ARTIFACT: str(export_dir)},
+        signature=infer_signature(
+            example_faces, pd.DataFrame(probabilities, columns=list(loaded.class_names))
+        ),
+        input_example=example_faces,
         pip_requirements=[
-            f"torch=={importlib.metadata.version('torch')}",
-            f"torchvision=={importlib.metadata.version('torchvision')}",
-            f"numpy=={importlib.metadata.version('numpy')}",
+            f"{package}=={importlib.metadata.version(package)}"
+            for package in ("torch", "torchvision", "numpy", "pandas", "safetensors", "mlflow")
         ],
-        # An eager, pickled module (+ its code): MLflow's default torch.export graph fixes the example's
-        # batch size and cannot be moved or switched to eval mode by the inference code.
-        serialization_format="pickle",
-        code_paths=[str(PACKAGE_DIR)],
-        extra_files=[str(export_dir / DESCRIPTION_NAME)],  # preprocessing + class names for inference
         registered_model_name=cfg.registered_model_name,
-        metadata={"emotionnet_export": export_dir.name, "class_names": list(description.class_names)},
+        metadata={"emotionnet_export": export_dir.name, "class_names": list(loaded.class_names)},
         step=step,
     )
+    mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     if cfg.registered_model_alias and info.registered_model_version is not None:
         mlflow.MlflowClient().set_registered_model_alias(
             cfg.registered_model_name, cfg.registered_model_alias, info.registered_model_version
@@ -366,11 +415,14 @@ class MlflowTracker(TrainerCallback):
         RunRecord(self.run_id, run.info.experiment_id, redact_text(self.target.uri)).write(trainer.run_dir)
         mlflow.set_tags(run_tags(trainer, self.hostnames, self.tracking.tags))
         if run_id is None:
-            self._log_new_run(trainer)
+            log_run_inputs(self.cfg)
         else:
             self._logged = logged_steps(client, run_id)
             self._log_new_params(client)
             log.info("continuing MLflow run %s from step %d", run_id, trainer.progress.step)
+        grid = trainer.layout.reports / AUGMENT_GRID_NAME  # written by the trainer just before on_start
+        if grid.is_file():
+            self._upload(trainer, grid, REPORTS)
 
     @_tolerant
     def on_metrics(self, trainer: TrainerView, metrics: dict[str, float], step: int) -> None:
@@ -413,12 +465,9 @@ class MlflowTracker(TrainerCallback):
 
     @_tolerant
     def _log_model(self, trainer: TrainerView) -> None:
-        import mlflow
-
         validation = trainer.splits["validation"].with_format("numpy")
         faces = np.asarray(validation[:4]["image"], dtype=np.uint8)
-        info = log_best_model(trainer.layout.best, self.tracking, trainer.progress.best_step, faces)
-        mlflow.set_tag("emotionnet.model_uri", info.model_uri)
+        log_best_model(trainer.layout.best, self.tracking, trainer.progress.best_step, faces)
 
     def _previous_run_id(self, run_dir: Path, client: MlflowClient) -> str | None:
         """The run this run directory already logs to, if it is in this store."""
@@ -439,20 +488,6 @@ class MlflowTracker(TrainerCallback):
             return None
         return record.run_id
 
-    def _log_new_run(self, trainer: TrainerView) -> None:
-        import mlflow
-
-        params = flatten(redact_tree(to_dict(self.cfg)))
-        mlflow.log_params(params)
-        config_text = yaml.safe_dump(redact_tree(to_dict(self.cfg)), sort_keys=False)
-        mlflow.log_text(config_text, "config.yaml")
-        dataset, manifest = manifest_dataset(self.cfg.data.data_dir)
-        mlflow.log_input(dataset, context="training")
-        mlflow.log_artifact(str(Path(self.cfg.data.data_dir) / MANIFEST_NAME), "dataset")
-        mlflow.set_tags(
-            {"dataset.sha256": manifest.source.sha256, "dataset.fingerprint": manifest.fingerprint}
-        )
-
     def _log_new_params(self, client: MlflowClient) -> None:
         """On resume: params MLflow does not have yet (MLflow refuses to change a logged param)."""
         import mlflow
@@ -471,7 +506,7 @@ class MlflowTracker(TrainerCallback):
             "MLflow tracking failed at step %d (%s); training continues without it. Every metric is in %s: "
             "run `emotionnet-mlflow-replay %s` when the tracking server is back.",
             trainer.progress.step,
-            _first_line(err),
+            error_summary(err),
             trainer.metrics_log.path,
             trainer.run_dir,
         )

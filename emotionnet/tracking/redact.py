@@ -3,10 +3,15 @@
 Two rules: a value whose key looks secret (password, token, api_key, ...) is replaced by `REDACTED`, and
 a URL's user:password part is replaced wherever it appears. Environment variables are never published
 at all, so they need no rule here.
+
+Messages too: MLflow puts the request URL, credentials included, into its exceptions ("API request to
+http://user:pw@host/... failed") and its own log lines; every message of ours that can carry them goes
+through `redact_text`, and `redact_mlflow_logs` filters what MLflow's log handler writes.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -31,6 +36,12 @@ def redact_text(text: str) -> str:
     return _URL_USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
 
 
+def error_summary(err: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), credentials removed."""
+    text = redact_text(str(err)).strip()
+    return (text.splitlines()[0][:300] if text else "") or type(err).__name__
+
+
 def redact_value(key: str, value: Any) -> Any:
     if value is None:
         return None
@@ -46,3 +57,21 @@ def redact_tree(value: Any, key: str = "") -> Any:
     if isinstance(value, list | tuple):
         return type(value)(redact_tree(v, key) for v in value)
     return redact_value(key, value)
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that removes URL credentials from every record it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if (clean := redact_text(message)) != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_mlflow_logs() -> None:
+    """Filter MLflow's log handler (its loggers do not propagate, so ours never see those records).
+    Call it after importing mlflow, which installs the handler; calling it again adds nothing."""
+    for handler in logging.getLogger("mlflow").handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
