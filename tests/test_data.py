@@ -1,8 +1,9 @@
-"""Input pipeline: transforms, TTA views, prepared-split loading, FaceDataset and its DataLoader."""
+"""Input pipeline: preprocessing, TTA views, prepared-split loading, FaceDataset and its DataLoader.
+
+The augmentation itself (batched on the device) is tested in tests/test_augment.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import datasets
@@ -13,6 +14,7 @@ from accelerate.data_loader import prepare_data_loader
 from torchvision.transforms.v2 import functional as F
 
 from data_prep.schema import IMAGE_SIZE, MANIFEST_NAME, NUM_CLASSES, SCHEMA_VERSION, features
+from emotionnet.data.augment import AugmentSampler, param_count
 from emotionnet.data.loaders import (
     DataConfig,
     DatasetNotPreparedError,
@@ -22,19 +24,8 @@ from emotionnet.data.loaders import (
     load_splits,
 )
 from emotionnet.data.preprocessing import Preprocessing
-from emotionnet.data.transforms import AugmentConfig, build_eval_transform, build_train_transform, tta_views
+from emotionnet.data.transforms import AugmentConfig, tta_views
 
-ALL_OFF = AugmentConfig(
-    hflip_p=0.0,
-    rotation_degrees=0.0,
-    brightness=0.0,
-    contrast=0.0,
-    affine_translate=0.0,
-    affine_scale=None,
-    affine_shear=0.0,
-    erasing_p=0.0,
-    random_resized_crop=None,
-)
 SPLIT_SIZES = {"train": 48, "validation": 20, "test": 12}
 
 
@@ -79,86 +70,25 @@ def _images(n: int = 6) -> torch.Tensor:
     return torch.from_numpy(_faces(n, seed=7)).unsqueeze(1)
 
 
-# --- transforms -------------------------------------------------------------------------------------------
+# --- preprocessing ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [48, 64])
-def test_eval_transform_is_preprocessing(size):
+def test_preprocessing_resizes_scales_and_normalizes(size):
     pre = Preprocessing(input_size=size)
-    transform = build_eval_transform(pre)
     images = _images()
-    out = transform(images)
-    assert transform.deterministic
+    out = pre(images)
     assert out.shape == (6, 1, size, size) and out.dtype == torch.float32
-    assert torch.equal(out, pre(images))
-    assert torch.equal(out, transform(images))
-    assert torch.equal(transform(images[2]), out[2])
+    expected = (F.resize(images, [size, size], antialias=True).float() / 255 - pre.mean) / pre.std
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.equal(pre(images[2]), out[2:3]) and torch.equal(pre(images[:, 0]), out)
     lo, hi = (0 - pre.mean) / pre.std, (1 - pre.mean) / pre.std
     assert lo - 1e-6 <= out.min() and out.max() <= hi + 1e-6
 
 
-def test_transform_rejects_float_input():
+def test_preprocessing_rejects_float_input():
     with pytest.raises(TypeError, match="uint8"):
-        build_eval_transform(Preprocessing())(_images().float())
-
-
-@pytest.mark.parametrize("size", [48, 64])
-def test_train_transform_changes_faces_and_keeps_shape(size):
-    pre = Preprocessing(input_size=size)
-    images = _images(16)
-    out = build_train_transform(AugmentConfig(), pre)(images)
-    assert out.shape == (16, 1, size, size) and out.dtype == torch.float32
-    assert torch.isfinite(out).all()
-    changed = (out - pre(images)).abs().flatten(1).amax(1) > 1e-3
-    assert changed.sum() >= 14  # a face can come out untouched only if every random op draws ~identity
-
-
-def test_all_augmentations_off_is_the_eval_transform():
-    pre = Preprocessing()
-    transform = build_train_transform(ALL_OFF, pre)
-    assert transform.deterministic
-    assert torch.equal(transform(_images()), build_eval_transform(pre)(_images()))
-
-
-@pytest.mark.parametrize(
-    "only",
-    [
-        {"hflip_p": 1.0},
-        {"rotation_degrees": 30.0},
-        {"brightness": 0.6},
-        {"contrast": 0.6},
-        {"affine_translate": 0.3},
-        {"affine_scale": (0.5, 0.7)},
-        {"affine_shear": 30.0},
-        {"erasing_p": 1.0},
-        {"random_resized_crop": (0.2, 0.4)},
-    ],
-    ids=lambda only: next(iter(only)),
-)
-def test_each_augmentation_alone_takes_effect(only):
-    pre = Preprocessing()
-    transform = build_train_transform(dataclasses.replace(ALL_OFF, **only), pre)
-    images = _images(8)
-    out = transform(images, seeds=list(range(8)))
-    assert not transform.deterministic
-    assert out.shape == (8, 1, IMAGE_SIZE, IMAGE_SIZE)
-    changed = (out - pre(images)).abs().flatten(1).amax(1) > 1e-3
-    assert changed.sum() >= 6  # a random draw can land next to the identity for a face or two
-    if "hflip_p" in only:
-        assert torch.equal(out, pre(F.horizontal_flip(images)))
-
-
-def test_seeded_augmentation_is_reproducible_and_leaves_global_rng_alone():
-    transform = build_train_transform(AugmentConfig(erasing_p=0.5), Preprocessing())
-    images = _images(8)
-    torch.manual_seed(123)
-    before = torch.get_rng_state()
-    first = transform(images, seeds=list(range(8)))
-    assert torch.equal(torch.get_rng_state(), before)
-    assert torch.equal(first, transform(images, seeds=list(range(8))))
-    # Per-face seeds: a face's result does not depend on its batch neighbours.
-    assert torch.equal(first[3], transform(images[3:4], seeds=[3])[0])
-    assert not torch.equal(first, transform(images, seeds=list(range(100, 108))))
+        Preprocessing()(_images().float())
 
 
 def test_augment_config_validation_and_yaml_lists():
@@ -240,27 +170,41 @@ def test_class_counts(splits):
 # --- FaceDataset and DataLoader ---------------------------------------------------------------------------
 
 
-def test_face_dataset_samples(splits):
-    pre = Preprocessing(input_size=64)
-    dataset = FaceDataset(splits["validation"], build_eval_transform(pre))
+def test_face_dataset_samples_are_uint8_faces(splits):
+    dataset = FaceDataset(splits["validation"])
     sample = dataset[5]
     assert set(sample) == {"pixel_values", "labels", "row_id"}
-    assert sample["pixel_values"].shape == (1, 64, 64) and sample["pixel_values"].dtype == torch.float32
+    assert sample["pixel_values"].shape == (1, 48, 48) and sample["pixel_values"].dtype == torch.uint8
     assert sample["labels"].dtype == torch.int64 and int(sample["labels"]) == 5 % NUM_CLASSES
     assert sample["row_id"].dtype == torch.int64 and int(sample["row_id"]) == 2 + SPLIT_SIZES["train"] + 5
     face = torch.from_numpy(np.asarray(splits["validation"][5]["image"], dtype=np.uint8))
-    assert torch.equal(sample["pixel_values"], pre(face)[0])
+    assert torch.equal(sample["pixel_values"][0], face)
+
+
+def test_face_dataset_adds_each_faces_augmentation_parameters(splits):
+    pre = Preprocessing(input_size=64)
+    sampler = AugmentSampler(AugmentConfig(), pre, seed=3)
+    dataset = FaceDataset(splits["train"], sampler)
+    dataset.set_epoch(2)
+    sample = dataset[7]
+    assert sample["augment"].shape == (param_count(64),) and sample["augment"].dtype == torch.float32
+    expected = sampler(2, np.array([int(sample["row_id"])]))[0]
+    assert torch.equal(sample["augment"], torch.from_numpy(expected))
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_batched_read_equals_per_item(splits, train):
-    pre = Preprocessing()
-    transform = build_train_transform(AugmentConfig(), pre) if train else build_eval_transform(pre)
-    dataset = FaceDataset(splits["train"], transform, seed=3)
+    sampler = AugmentSampler(AugmentConfig(), Preprocessing(), seed=3) if train else None
+    dataset = FaceDataset(splits["train"], sampler)
     indices = [17, 0, 42, 5, 5, 31]
     batch = dataset.__getitems__(indices)
     for index, sample in zip(indices, batch, strict=True):
         single = dataset[index]
+        assert (
+            set(sample)
+            == set(single)
+            == {"pixel_values", "labels", "row_id"} | ({"augment"} if train else set())
+        )
         assert all(torch.equal(sample[key], single[key]) for key in single)
 
 
@@ -276,18 +220,19 @@ def _epoch(loader, epoch: int = 0) -> list[dict[str, torch.Tensor]]:
 def _assert_same_batches(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
-        assert all(torch.equal(x[key], y[key]) for key in ("pixel_values", "labels", "row_id"))
+        assert all(torch.equal(x[key], y[key]) for key in ("pixel_values", "labels", "row_id", "augment"))
 
 
 def _train_loader(splits, workers: int, seed: int, shuffle: bool = True, drop_last: bool = False):
-    transform = build_train_transform(AugmentConfig(), Preprocessing())
-    return create_loader(splits["train"], transform, 8, shuffle, drop_last, _cfg(workers), seed)
+    sampler = AugmentSampler(AugmentConfig(), Preprocessing(), seed)
+    return create_loader(splits["train"], 8, shuffle, drop_last, _cfg(workers), seed, augment=sampler)
 
 
 def test_dataloader_batches_shapes_and_cpu_settings(splits):
     loader = _train_loader(splits, 0, seed=0)
     batch = next(iter(loader))
-    assert batch["pixel_values"].shape == (8, 1, 48, 48) and batch["pixel_values"].dtype == torch.float32
+    assert batch["pixel_values"].shape == (8, 1, 48, 48) and batch["pixel_values"].dtype == torch.uint8
+    assert batch["augment"].shape == (8, param_count(48)) and batch["augment"].dtype == torch.float32
     assert batch["labels"].shape == (8,) and batch["labels"].dtype == torch.int64
     assert batch["row_id"].dtype == torch.int64
     if not torch.cuda.is_available():
@@ -300,27 +245,25 @@ def test_same_seed_same_batches_with_and_without_workers(splits):
     _assert_same_batches(plain, _epoch(_train_loader(splits, 0, seed=11)))
     workers = _epoch(_train_loader(splits, 2, seed=11))
     _assert_same_batches(workers, _epoch(_train_loader(splits, 2, seed=11)))
-    # Augmentation is drawn per sample, so the number of workers does not change the batches either.
+    # Augmentation is drawn per sample, so the number of workers does not change the parameters either.
     _assert_same_batches(plain, workers)
     other = _epoch(_train_loader(splits, 0, seed=12))
     assert not torch.equal(plain[0]["row_id"], other[0]["row_id"])
 
 
 def test_persistent_workers_follow_the_epoch(splits):
-    transform = build_train_transform(AugmentConfig(), Preprocessing())
-    loader = create_loader(splits["train"], transform, 8, False, False, _cfg(2), seed=5)
+    loader = _train_loader(splits, 2, seed=5, shuffle=False)
     assert loader.persistent_workers
     epoch0, epoch1, epoch0_again = _epoch(loader, 0), _epoch(loader, 1), _epoch(loader, 0)
     assert torch.equal(epoch0[0]["row_id"], epoch1[0]["row_id"])  # no shuffling: same samples
-    assert not torch.equal(epoch0[0]["pixel_values"], epoch1[0]["pixel_values"])  # new augmentation
+    assert not torch.equal(epoch0[0]["augment"], epoch1[0]["augment"])  # new augmentation
     _assert_same_batches(epoch0, epoch0_again)
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_every_sample_once_per_epoch(splits, drop_last):
     train = splits["train"].select(range(45))  # not a multiple of the batch size
-    transform = build_eval_transform(Preprocessing())
-    loader = create_loader(train, transform, 8, True, drop_last, _cfg(0), seed=0)
+    loader = create_loader(train, 8, True, drop_last, _cfg(0), seed=0)
     row_ids = torch.cat([batch["row_id"] for batch in _epoch(loader)]).tolist()
     assert len(row_ids) == len(set(row_ids))
     if drop_last:

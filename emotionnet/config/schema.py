@@ -73,7 +73,11 @@ class RunConfig:
     dist_timeout_s: int = 600  # a rank stuck this long in a collective aborts the whole launch
     log_sample_ids: bool = False  # write each rank's consumed row ids to <run>/samples/ (data-order audit)
     channels_last: bool = False
+    # torch.compile through Accelerate: its dynamo plugin (one process, DDP) or DeepSpeed's engine.compile
+    # (ZeRO); docs/compile.md says what works with what. "reduce-overhead" adds CUDA graphs.
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # the last two debug tracing
 
 
 @dataclass

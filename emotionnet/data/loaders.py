@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_prep.schema import IMAGE_SIZE, MANIFEST_NAME, SCHEMA_VERSION, features
-from emotionnet.data.transforms import FaceTransform
+from emotionnet.data.augment import AugmentSampler
 
 
 @dataclass
@@ -70,25 +68,20 @@ def load_splits(data_dir: str | Path) -> datasets.DatasetDict:
     return splits
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 64-bit seed for one sample's augmentation in one epoch."""
-    digest = hashlib.blake2b(struct.pack("<qqq", seed, epoch, index), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
 class FaceDataset(torch.utils.data.Dataset):
-    """One split as {"pixel_values": float (1, S, S), "labels": int64, "row_id": int64} samples.
+    """One split as {"pixel_values": uint8 (1, 48, 48), "labels": int64, "row_id": int64} samples.
 
-    With `seed`, each sample's augmentation is drawn from (seed, epoch, index) alone, so batches are the
-    same whatever the number of workers or processes, and a resumed run skipping consumed batches sees
-    the same augmentations as an uninterrupted one. Call `set_epoch` before iterating each epoch
-    (Accelerate's prepared loader's `set_epoch` forwards it here unless its sampler has its own).
+    Faces stay uint8: preprocessing and augmentation run batched on the training device
+    (data/augment.py). With `augment`, each sample also carries "augment", its parameter row drawn from
+    (seed, epoch, row_id) alone, so batches are the same whatever the number of workers or processes,
+    and a resumed run skipping consumed batches sees the same augmentations as an uninterrupted one.
+    Call `set_epoch` before iterating each epoch (Accelerate's prepared loader's `set_epoch` forwards it
+    here unless its sampler has its own).
     """
 
-    def __init__(self, split: datasets.Dataset, transform: FaceTransform, seed: int | None = None):
+    def __init__(self, split: datasets.Dataset, augment: AugmentSampler | None = None):
         self.split = split
-        self.transform = transform
-        self.seed = seed
+        self.augment = augment
         # Arrow format: the numpy formatter widens uint8 faces to int64 and is ~4x slower.
         self._rows = split.with_format("arrow", columns=["image", "label", "row_id"])
         # Shared memory so persistent DataLoader workers see epoch changes made in the main process.
@@ -119,37 +112,37 @@ class FaceDataset(torch.utils.data.Dataset):
             .flatten()
             .to_numpy(zero_copy_only=False, writable=True)
         )
-        images = torch.from_numpy(pixels_u8.reshape(len(indices), 1, IMAGE_SIZE, IMAGE_SIZE))
-        seeds = None
-        if self.seed is not None and not self.transform.deterministic:
-            epoch = self.epoch
-            seeds = [sample_seed(self.seed, epoch, i) for i in indices]
-        pixels = self.transform(images, seeds)
+        pixels = torch.from_numpy(pixels_u8.reshape(len(indices), 1, IMAGE_SIZE, IMAGE_SIZE))
         labels = torch.from_numpy(rows.column("label").chunk(0).to_numpy().astype(np.int64))
-        row_ids = torch.from_numpy(rows.column("row_id").chunk(0).to_numpy().astype(np.int64))
-        return [
-            {"pixel_values": pixels[k], "labels": labels[k], "row_id": row_ids[k]}
-            for k in range(len(indices))
+        row_ids_np = rows.column("row_id").chunk(0).to_numpy().astype(np.int64)
+        samples = [
+            {"pixel_values": pixels[k], "labels": labels[k], "row_id": row_id}
+            for k, row_id in enumerate(torch.from_numpy(row_ids_np))
         ]
+        if self.augment is not None:
+            params = torch.from_numpy(self.augment(self.epoch, row_ids_np))
+            for sample, row in zip(samples, params, strict=True):
+                sample["augment"] = row
+        return samples
 
 
 def create_loader(
     split_ds: datasets.Dataset,
-    transform: FaceTransform,
     batch_size: int,
     shuffle: bool,
     drop_last: bool,
     cfg: DataConfig,
     seed: int,
+    augment: AugmentSampler | None = None,
 ) -> DataLoader:
-    """A plain DataLoader; Accelerate's `prepare` shards its batches across processes.
+    """A plain DataLoader of uint8 faces; Accelerate's `prepare` shards its batches across processes.
 
-    The seeded generator fixes the shuffling order (Accelerate synchronizes it across processes) and
-    the seed fixes every sample's augmentation (see FaceDataset).
+    The seeded generator fixes the shuffling order (Accelerate synchronizes it across processes);
+    `augment` (with its own seed) adds every sample's augmentation parameters (see FaceDataset).
     """
     workers = cfg.num_workers > 0
     return DataLoader(
-        FaceDataset(split_ds, transform, seed=seed),
+        FaceDataset(split_ds, augment),
         batch_size=batch_size,
         shuffle=shuffle,
         drop_last=drop_last,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 
 @dataclass(frozen=True)
@@ -14,28 +14,32 @@ class Preprocessing:
 
     mean/std are the training split's pixel mean and standard deviation (0.508 / 0.255 on the real
     FER2013 Training rows), rounded so that the synthetic demo data needs no special case.
+    Every step works on a whole batch on any device; training augmentation (data/augment.py) runs
+    between `resize` and `normalize`.
     """
 
     input_size: int = 48
     mean: float = 0.5
     std: float = 0.25
 
-    def transform(self) -> v2.Compose:
-        """uint8 (..., 1, H, W) tensor -> normalized float32 (..., 1, input_size, input_size)."""
-        return v2.Compose(
-            [
-                v2.Resize((self.input_size, self.input_size), antialias=True),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize([self.mean], [self.std]),
-            ]
-        )
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 1, H, W) -> uint8 (B, 1, input_size, input_size) (the same tensor when no resize)."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 faces, got {images.dtype}")
+        return F.resize(images, [self.input_size, self.input_size], antialias=True)
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 1, H, W) -> float32 in [0, 1], (B, 1, input_size, input_size)."""
+        return F.to_dtype(self.resize(images), torch.float32, scale=True)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] floats -> zero-mean, unit-variance inputs (a new tensor)."""
+        return (images - self.mean) / self.std
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocess uint8 faces shaped (H, W), (B, H, W) or (B, 1, H, W) into (B, 1, S, S) floats."""
-        if images.dtype != torch.uint8:
-            raise TypeError(f"expected uint8 faces, got {images.dtype}")
         if images.ndim == 2:
             images = images[None]
         if images.ndim == 3:
             images = images[:, None]
-        return self.transform()(images)
+        return self.normalize(self.scale(images))

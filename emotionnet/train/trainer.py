@@ -23,20 +23,17 @@ from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedType,
     InitProcessGroupKwargs,
+    TorchDynamoPlugin,
     set_seed,
 )
 from tqdm.auto import tqdm
 
 from data_prep.schema import CLASS_NAMES
 from emotionnet.config.schema import TrainConfig
+from emotionnet.data.augment import AUGMENT_GRID_NAME, AugmentSampler, BatchAugment, write_augment_grid
 from emotionnet.data.loaders import class_counts, create_loader, load_splits
 from emotionnet.data.preprocessing import Preprocessing
-from emotionnet.data.transforms import (
-    TTAMode,
-    build_batch_mixing,
-    build_eval_transform,
-    build_train_transform,
-)
+from emotionnet.data.transforms import TTAMode, build_batch_mixing
 from emotionnet.evaluation.metrics import ClassificationReport, confusion_matrix
 from emotionnet.evaluation.reports import (
     evaluation_report_name,
@@ -107,6 +104,10 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         # A seeded sampler makes the epoch's order a function of (seed, epoch): exact mid-epoch resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.run.seed),
         step_scheduler_with_optimizer=False,
+        # None: whatever `accelerate launch` was configured with (no compilation unless it says so).
+        dynamo_plugin=TorchDynamoPlugin(backend=cfg.run.compile_backend, mode=cfg.run.compile_mode)
+        if cfg.run.compile
+        else None,
     )
 
 
@@ -156,19 +157,24 @@ class Trainer:
                 f"{cfg.data.data_dir} needs a 'train' and a 'validation' split; it has {list(splits)}"
             )
         self.splits = splits
+        # Workers read uint8 faces and draw each face's augmentation; train_step applies it on the device.
+        self.augment = BatchAugment(cfg.augment, self.preprocessing)
+        sampler = None
+        if self.augment.enabled:
+            sampler = AugmentSampler(cfg.augment, self.preprocessing, cfg.run.seed)
         train_loader = create_loader(
             splits["train"],
-            build_train_transform(cfg.augment, self.preprocessing),
             cfg.data.batch_size,
             shuffle=True,
             drop_last=True,
             cfg=cfg.data,
             seed=cfg.run.seed,
+            augment=sampler,
         )
         val_loader = self._eval_loader(splits["validation"])
         self.class_weights = self._class_weights()
 
-        optimizer = create_optimizer(model, cfg.optim)
+        optimizer = create_optimizer(model, cfg.optim, fused=accelerator.device.type == "cuda")
         steps_per_epoch = len(train_loader) // (accelerator.num_processes * cfg.optim.grad_accum_steps)
         if steps_per_epoch == 0:
             raise ValueError(
@@ -177,8 +183,6 @@ class Trainer:
             )
         scheduler = create_scheduler(optimizer, cfg.schedule, steps_per_epoch)
         self._configure_deepspeed()
-        if cfg.run.compile:
-            model = torch.compile(model)
         self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
             model, optimizer, train_loader, val_loader, scheduler
         )
@@ -202,7 +206,6 @@ class Trainer:
     def _eval_loader(self, split) -> torch.utils.data.DataLoader:
         return create_loader(
             split,
-            build_eval_transform(self.preprocessing),
             self.cfg.data.eval_batch_size,
             shuffle=False,
             drop_last=False,
@@ -218,7 +221,8 @@ class Trainer:
                 "optim.ema_decay is not supported with DeepSpeed (ZeRO shards the weights it would "
                 "average); use DDP or set optim.ema_decay=0"
             )
-        ema = WeightEMA(self.accelerator.unwrap_model(self.model), self.cfg.optim.ema_decay)
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        ema = WeightEMA(model, self.cfg.optim.ema_decay)
         self.accelerator.register_for_checkpointing(ema.averaged)
         return ema
 
@@ -297,6 +301,9 @@ class Trainer:
 
     def _fit(self, bar: tqdm) -> ExitCode:
         acc, cfg, p = self.accelerator, self.cfg, self.progress
+        if acc.is_main_process:  # before on_start, which mirrors it to the tracker
+            path = self.layout.reports / AUGMENT_GRID_NAME
+            write_augment_grid(path, cfg.augment, self.preprocessing, cfg.run.seed, self.splits["train"])
         for callback in self.callbacks:
             callback.on_start(self)
         window = _Window(acc.device)
@@ -389,7 +396,7 @@ class Trainer:
         optimizer stepped.
         """
         acc = self.accelerator
-        images = batch["pixel_values"].to(self.input_dtype)
+        images = self.augment(batch["pixel_values"], batch.get("augment")).to(self.input_dtype)
         if self.cfg.run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = batch["labels"]
@@ -494,7 +501,7 @@ class Trainer:
         losses, probs, labels, row_ids = [], [], [], []
         input_dtype = next(model.parameters()).dtype
         for batch in tqdm(loader, desc="eval", leave=False, disable=not acc.is_main_process):
-            images = batch["pixel_values"].to(input_dtype)
+            images = self.preprocessing(batch["pixel_values"]).to(input_dtype)
             with acc.autocast():
                 prob = tta_probabilities(model, images, tta, self.preprocessing)
             loss = F.nll_loss(prob.clamp(min=1e-12).log(), batch["labels"], reduction="none")
