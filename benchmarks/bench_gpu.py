@@ -16,8 +16,13 @@ perf_counter) after the warm-up steps (which include compilation); the table giv
 hundreds of small kernels per step, so launch overhead, not arithmetic, bounds eager mode; CUDA graphs
 (mode="reduce-overhead") replay the whole compiled graph with one launch.
 
-Imports only torch, torchvision and emotionnet.model.emotionnet / emotionnet.data.preprocessing: no datasets, MLflow,
-DeepSpeed or Accelerate needed on the device machine.
+Full training step (`--full-step MODES`, default eager): a second table times what a training step
+costs from the loader's tensors on: pinned uint8 faces and their augmentation parameter rows (drawn by
+AugmentSampler beforehand, as the DataLoader workers do) copied to the device, BatchAugment there, then
+the step above. At batch 8 that adds the copy and ~25 small augmentation kernels to the model's step.
+
+Imports only torch, torchvision, numpy and emotionnet.model.emotionnet / emotionnet.data: no datasets,
+MLflow, DeepSpeed or Accelerate needed on the device machine.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.data.transforms import AugmentConfig
 from emotionnet.model.emotionnet import EmotionNet, ModelConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -52,6 +60,7 @@ class Variant:
     precision: str
     channels_last: bool
     compile_mode: str
+    full_step: bool = False  # from loader tensors (uint8 + parameter rows) through device augmentation
 
     def cpu_skip_reason(self) -> str | None:
         """Why --cpu does not run this variant (None: it runs)."""
@@ -132,14 +141,34 @@ def make_step(
     return step
 
 
-def synthetic_inputs(batch: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def full_step(step: Callable, augment: BatchAugment, device: torch.device) -> Callable:
+    """The training step from the loader's (pinned) tensors: copy, augment on the device, step."""
+
+    def run(faces: torch.Tensor, params: torch.Tensor, labels: torch.Tensor) -> None:
+        images = augment(faces.to(device, non_blocking=True), params.to(device, non_blocking=True))
+        step(images, labels.to(device, non_blocking=True))
+
+    return run
+
+
+def synthetic_inputs(
+    batch: int, device: torch.device, full_step: bool = False
+) -> list[tuple[torch.Tensor, ...]]:
+    """Preprocessed faces and labels on the device; with `full_step`, what the loader hands over instead:
+    uint8 faces, parameter rows and labels in pinned host memory (CUDA) ."""
     pre = Preprocessing(input_size=ModelConfig().input_size)
+    sampler = AugmentSampler(AugmentConfig(), pre, seed=0)
     generator = torch.Generator().manual_seed(0)
     batches = []
-    for _ in range(INPUT_BATCHES):
+    for i in range(INPUT_BATCHES):
         faces = torch.randint(0, 256, (batch, 1, 48, 48), dtype=torch.uint8, generator=generator)
         labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator)
-        batches.append((pre(faces.to(device)), labels.to(device)))
+        if not full_step:
+            batches.append((pre(faces.to(device)), labels.to(device)))
+            continue
+        params = torch.from_numpy(sampler(0, np.arange(i * batch, (i + 1) * batch)))
+        pinned = [t.pin_memory() if device.type == "cuda" else t for t in (faces, params, labels)]
+        batches.append(tuple(pinned))
     return batches
 
 
@@ -147,16 +176,16 @@ def time_steps(step, inputs, steps: int, device: torch.device) -> list[float]:
     """Milliseconds of each step: CUDA events on the GPU, perf_counter on the CPU."""
     if device.type != "cuda":
         times = []
-        for images, labels in itertools.islice(itertools.cycle(inputs), steps):
+        for tensors in itertools.islice(itertools.cycle(inputs), steps):
             start = time.perf_counter()
-            step(images, labels)
+            step(*tensors)
             times.append(1000.0 * (time.perf_counter() - start))
         return times
     events = []
-    for images, labels in itertools.islice(itertools.cycle(inputs), steps):
+    for tensors in itertools.islice(itertools.cycle(inputs), steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        step(images, labels)
+        step(*tensors)
         end.record()
         events.append((start, end))
     torch.cuda.synchronize()
@@ -174,7 +203,9 @@ def run_variant(variant: Variant, steps: int, warmup: int, device: torch.device)
         mode = None if variant.compile_mode == "default" else variant.compile_mode
         model = torch.compile(model, mode=mode)
     step = make_step(model, optimizer, scaler, variant, device)
-    inputs = synthetic_inputs(variant.batch, device)
+    if variant.full_step:
+        step = full_step(step, BatchAugment(AugmentConfig(), Preprocessing(ModelConfig().input_size)), device)
+    inputs = synthetic_inputs(variant.batch, device, variant.full_step)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -219,6 +250,9 @@ def plain_table(rows: list[Row]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in table)
 
 
+FULL_STEP_TITLE = "Full training step (loader tensors -> copy -> BatchAugment -> forward/backward/step):"
+
+
 def markdown(rows: list[Row], command: str, device: torch.device, steps: int, warmup: int) -> str:
     now = datetime.datetime.now(datetime.UTC)
     lines = [
@@ -226,12 +260,20 @@ def markdown(rows: list[Row], command: str, device: torch.device, steps: int, wa
         f"Device: {device_description(device)}; torch {torch.__version__}. Date: {now:%a %b %d %H:%M UTC %Y}.",
         f"Default EmotionNet, synthetic inputs on the device; {warmup} warm-up steps (compilation included "
         f"in warm-up s), median of {steps} timed steps.",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---:|" * 2 + "---|" * 3 + "---:|" * 4 + "---|",
-        *("| " + " | ".join(r.cells()) + " |" for r in rows),
     ]
+    for title, part in tables(rows):
+        lines += ["", *([title, ""] if title else [])]
+        lines += ["| " + " | ".join(HEADER) + " |", "|" + "---:|" * 2 + "---|" * 3 + "---:|" * 4 + "---|"]
+        lines += ["| " + " | ".join(r.cells()) + " |" for r in part]
     return "\n".join(lines) + "\n"
+
+
+def tables(rows: list[Row]) -> list[tuple[str, list[Row]]]:
+    """The model-only rows (untitled, first: scripts/gpu_check_report.py reads that table), then the
+    full-step rows under their title."""
+    model = [r for r in rows if not r.variant.full_step]
+    full = [r for r in rows if r.variant.full_step]
+    return [(title, part) for title, part in (("", model), (FULL_STEP_TITLE, full)) if part]
 
 
 def csv_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -269,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", type=csv_list(COMPILE_MODES), default=list(COMPILE_MODES))
     parser.add_argument("--steps", type=int, default=100, help="timed steps per variant (median of these)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (compilation included)")
+    parser.add_argument(
+        "--full-step",
+        type=csv_list(COMPILE_MODES),
+        default=["eager"],
+        help="compile modes that also get a full-step row per batch size (first precision and layout)",
+    )
     parser.add_argument("--cpu", action="store_true", help="smoke run on the CPU; CUDA-only variants skipped")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown section to paste")
     args = parser.parse_args(argv)
@@ -286,9 +334,16 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions
         for layout in args.channels_last
     ]
+    variants += [
+        Variant(batch, args.precisions[0], args.channels_last[0] == "on", mode, full_step=True)
+        for batch in args.batch_sizes
+        for mode in args.full_step
+    ]
     rows = run_matrix(variants, args.steps, args.warmup, device)
     print(f"{device_description(device)}; torch {torch.__version__}")
-    print(plain_table(rows))
+    for title, part in tables(rows):
+        print(f"\n{title}" if title else "", end="\n" if title else "")
+        print(plain_table(part))
     if args.markdown:
         command = " ".join(["python -m benchmarks.bench_gpu", *(sys.argv[1:] if argv is None else argv)])
         print()

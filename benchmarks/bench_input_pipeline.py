@@ -3,8 +3,9 @@
     python -m benchmarks.bench_input_pipeline                             # synthetic, FER2013-sized
     python -m benchmarks.bench_input_pipeline --data-dir dataset/fer2013  # the real prepared FER2013
 
-Measures images/s of the training DataLoader (batched Arrow reads, per-face augmentation, batched
-preprocessing, random erasing, collation) for 0, 1 and 2 workers, and the images/s one CPU training step
+Measures images/s of the training input (the DataLoader's batched Arrow reads of uint8 faces, each face's
+augmentation parameters and collation, then BatchAugment on the batch in the main process, as train_step
+does on the CPU) for 0, 1 and 2 workers, and the images/s one CPU training step
 of the default EmotionNet consumes at batch 8. The issue's target: pipeline images/s per worker >= 5x
 the training rate. Results go to docs/benchmarks.md, section "## Input pipeline (issue 4)".
 """
@@ -29,14 +30,10 @@ from benchmarks.report import cpu_model, publish
 from data_prep.prepare import prepare
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES
 from data_prep.synth import write_synthetic_csv
+from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.loaders import DataConfig, DatasetNotPreparedError, create_loader, load_splits
 from emotionnet.data.preprocessing import Preprocessing
-from emotionnet.data.transforms import (
-    AugmentConfig,
-    FaceTransform,
-    build_eval_transform,
-    build_train_transform,
-)
+from emotionnet.data.transforms import AugmentConfig
 
 BATCH = 8
 TARGET_RATIO = 5.0
@@ -67,10 +64,14 @@ def synthetic_prepared(rows: int, root: Path) -> Path:
 
 
 def pipeline_rate(
-    name: str, split: datasets.Dataset, transform: FaceTransform, workers: int, batches: int
+    name: str, split: datasets.Dataset, augment: AugmentConfig | None, workers: int, batches: int
 ) -> Row:
+    """Batches from the loader, augmented (or, with `augment` None, preprocessed) in this process."""
     cfg = DataConfig(num_workers=workers, persistent_workers=True)
-    loader = create_loader(split, transform, BATCH, shuffle=True, drop_last=True, cfg=cfg, seed=0)
+    pre = Preprocessing()
+    sampler = AugmentSampler(augment, pre, seed=0) if augment is not None else None
+    apply = BatchAugment(augment or AugmentConfig(), pre)
+    loader = create_loader(split, BATCH, shuffle=True, drop_last=True, cfg=cfg, seed=0, augment=sampler)
     warmup = max(2 * workers * cfg.prefetch_factor, 5)  # worker start-up and first prefetch excluded
     if len(loader) < warmup + batches:
         raise SystemExit(f"the train split has {len(loader)} batches of {BATCH}; need {warmup + batches}")
@@ -79,7 +80,8 @@ def pipeline_rate(
         next(it)
     start = time.perf_counter()
     for _ in tqdm(range(batches), desc=f"{name}, {workers} workers", leave=False):
-        next(it)
+        batch = next(it)
+        apply(batch["pixel_values"], batch.get("augment"))
     rate = batches * BATCH / (time.perf_counter() - start)
     del it, loader
     return Row(name, workers, rate)
@@ -179,11 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         train = splits["train"]
         origin = args.data_dir or "data_prep's synthetic CSV through the prep stage"
         source = f"{origin}, train split ({len(train):,} rows, memory-mapped)"
-        pre = Preprocessing()
-        train_transform = build_train_transform(AugmentConfig(), pre)
-        rows = [pipeline_rate("train", train, train_transform, w, args.batches) for w in workers]
-        eval_transform = build_eval_transform(pre)
-        rows.append(pipeline_rate("eval (no augmentation)", train, eval_transform, 0, args.batches))
+        rows = [pipeline_rate("train", train, AugmentConfig(), w, args.batches) for w in workers]
+        rows.append(pipeline_rate("eval (no augmentation)", train, None, 0, args.batches))
     train_rate = None if args.skip_model else training_rate(args.steps)
 
     section = report(sys.argv[1:] if argv is None else argv, rows, train_rate, source)

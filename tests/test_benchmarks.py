@@ -1,7 +1,8 @@
-"""The GPU benchmark must not rot on machines without a GPU: its --cpu smoke mode runs and reports every row."""
+"""The GPU benchmarks must not rot on machines without a GPU: their CPU smoke runs report every row."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -20,9 +21,11 @@ def run_python(*args: str) -> subprocess.CompletedProcess:
 
 
 def markdown_rows(stdout: str) -> list[list[str]]:
-    """The data rows of the markdown table (header and separator dropped), as lists of cells."""
-    lines = [line for line in stdout.splitlines() if line.startswith("| ")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    """The data rows of the markdown tables (headers and separators dropped), as lists of cells."""
+    lines = [
+        line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| batch ")
+    ]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
 def test_bench_gpu_cpu_smoke_reports_every_variant():
@@ -30,7 +33,10 @@ def test_bench_gpu_cpu_smoke_reports_every_variant():
         "-m", "benchmarks.bench_gpu", "--cpu", "--steps", "2", "--warmup", "1", "--batch-sizes", "2", "--markdown"
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = markdown_rows(result.stdout)
+    model_table, full_table = result.stdout.split("Full training step")[-2:]
+    (full_row,) = markdown_rows(full_table)  # --full-step eager: one row, first precision and layout
+    assert full_row[:4] == ["2", "fp32", "eager", "off"] and float(full_row[6].replace(",", "")) > 0
+    rows = markdown_rows(model_table)
     # batch, precision, compile, channels_last -> the rest of the row
     by_variant = {tuple(r[:4]): r for r in rows}
     expected = {
@@ -62,3 +68,14 @@ def test_bench_gpu_without_cuda_says_so():
     result = run_python("-m", "benchmarks.bench_gpu")
     assert result.returncode == 2
     assert result.stderr.strip() == "bench_gpu: no CUDA device visible; pass --cpu for a smoke run on the CPU"
+
+
+def test_bench_augment_smoke_ends_with_the_batch_8_json():
+    result = run_python("-m", "benchmarks.bench_augment", "--device", "cpu", "--batch-sizes", "8,2", "--rounds", "1",
+                        "--seconds", "0.01", "--no-kornia", "--doc", "")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(last) == {"batch", "device", "per_face_faces_s", "batched_faces_s", "ratio"}
+    assert (last["batch"], last["device"]) == (8, "cpu") and last["per_face_faces_s"] > 0
+    assert last["ratio"] == pytest.approx(last["batched_faces_s"] / last["per_face_faces_s"], rel=0.01)
+    assert [row[0] for row in markdown_rows(result.stdout)] == ["8", "2"]
