@@ -231,12 +231,12 @@ def run_local(argv: list[str]) -> int:
     if args.dry_run:
         if not opts.cpu and (visible := visible_gpus()) < opts.procs_per_node:
             print(f"{PROG}: note: {visible} GPU(s) visible on this machine", file=sys.stderr)
-        print(format_command(argv_out, env))
+        print(redact_text(format_command(argv_out, env)))  # no tracking.uri credentials on screen
         print(resolved_config(opts), end="")
         return ExitCode.OK
     if not opts.cpu:
         check_visible_gpus(opts, visible_gpus())
-    print(f"{PROG}: {format_command(argv_out, env)}", file=sys.stderr, flush=True)
+    print(f"{PROG}: {redact_text(format_command(argv_out, env))}", file=sys.stderr, flush=True)
     # The accelerate of this interpreter's environment; exec so that signals reach it directly.
     local = Path(sys.executable).parent / "accelerate"
     executable = str(local) if local.exists() else shutil.which("accelerate") or "accelerate"
@@ -282,7 +282,7 @@ def run_slurm(argv: list[str]) -> int:
         if prep is not None:
             print(f"# ---- prep job (submitted first) ----\n{slurm.render_prep(opts)}")
             print("# ---- training job (starts after the prep job succeeded) ----")
-        print(slurm.render_train(opts))
+        print(redact_text(slurm.render_train(opts)))  # the submitted script keeps them: it needs them
         print(f"# MLflow: {mlflow}")
         return ExitCode.OK
     run_name = opts.run_name or f"{opts.job_name}-<job id>"
