@@ -8,7 +8,8 @@ Coding: each 48x48 face is predicted pixel by pixel with the median edge detecto
 mapped to a byte, and labels + usage + residuals go through LZMA2 (preset 9e, lc=4 so the previous
 residual's high bits are the literal context). Measured on FER2013 Training + PublicTest: 0.66 of the
 raw pixel bytes, against 0.71 for PNG/WebP and 0.78 for xz of the raw pixels. Decoding runs the
-predictor over all faces at once, one pixel position at a time (a few seconds).
+predictor over all faces at once, one pixel position at a time: ~25 s on a 2-core CPU in all
+(LZMA ~9 s, prediction ~6 s, the CSV text ~8 s).
 
 The .json holds the row count, the CSV's header and line ending, and two sha256: of the decoded
 pixel bytes + label bytes + usage codes, and of the CSV that decode writes (identical to the source's
@@ -99,18 +100,18 @@ def residuals(pixels: np.ndarray) -> np.ndarray:
 
 def reconstruct(zigzag: np.ndarray) -> np.ndarray:
     """Inverse of `residuals`: all faces at once, one pixel position at a time."""
-    z = zigzag.astype(np.int16)
+    # (48, 48, N): the faces' values at one pixel position are contiguous (3x faster than (N, 48, 48)).
+    z = np.ascontiguousarray(zigzag.transpose(1, 2, 0)).astype(np.int16)
     r = (z >> 1) ^ -(z & 1)  # back to signed
     x = np.zeros(z.shape, dtype=np.int16)
-    x[:, 0, 0] = r[:, 0, 0] & 255
+    x[0, 0] = r[0, 0] & 255
     for j in range(1, SIDE):
-        x[:, 0, j] = (x[:, 0, j - 1] + r[:, 0, j]) & 255
+        x[0, j] = (x[0, j - 1] + r[0, j]) & 255
     for i in range(1, SIDE):
-        x[:, i, 0] = (x[:, i - 1, 0] + r[:, i, 0]) & 255
-        above, above_left = x[:, i - 1, 1:], x[:, i - 1, :-1]
+        x[i, 0] = (x[i - 1, 0] + r[i, 0]) & 255
         for j in range(1, SIDE):
-            x[:, i, j] = (med(x[:, i, j - 1], above[:, j - 1], above_left[:, j - 1]) + r[:, i, j]) & 255
-    return x.astype(np.uint8)
+            x[i, j] = (med(x[i, j - 1], x[i - 1, j], x[i - 1, j - 1]) + r[i, j]) & 255
+    return np.ascontiguousarray(x.transpose(2, 0, 1)).astype(np.uint8)
 
 
 def content_sha256(pixels: np.ndarray, labels: np.ndarray, usage: np.ndarray) -> str:
