@@ -9,9 +9,9 @@
 # Every check runs in its own subshell under `timeout`, clipped to what is left of the time budget;
 # a failing check is recorded and the next one runs. Exit status: 0 when no check failed.
 # Environment: OUT (./gpu-check-out), KIT (.gpu-kit), PYTHON (.venv/bin/python if present, else
-# python3), BUDGET_S (whole run: 560 full, 240 quick, 240 cpu), RECIPE_S (training wall budget, 240),
+# python3), BUDGET_S (whole run: 560 full, 240 quick, 300 cpu), RECIPE_S (training wall budget, 240),
 # FER_CSV (FER2013 CSV when there is no kit; default ../shared/fer2013/fer2013_dev.csv.gz if present),
-# CHECKS (comma-separated subset, e.g. CHECKS=recipe,bench_gpu_b64 for a second command on a warm
+# CHECKS (comma-separated subset, e.g. CHECKS=install,recipe,bench_gpu_b64 for a second command on a warm
 # machine: the installed kit and the prepared data in .gpu-check-data/ are reused).
 set -uo pipefail  # no -e: a failing check must not stop the others
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ MODE=full
 case $MODE in
   full) BUDGET_S=${BUDGET_S:-560} ;;
   quick) BUDGET_S=${BUDGET_S:-240} ;;
-  cpu) BUDGET_S=${BUDGET_S:-240} ;;
+  cpu) BUDGET_S=${BUDGET_S:-300} ;;
 esac
 RECIPE_S=${RECIPE_S:-240}
 KIT=${KIT:-.gpu-kit}
@@ -208,12 +208,13 @@ run_check bench_gpu_b8 180 check_bench_gpu bench_gpu_b8 8
 if [[ $MODE != quick ]]; then
   wait "$DATA_PID"
   run_check bench_augment 90 check_bench_augment
-  left=$((DEADLINE - $(date +%s) - 60))
+  # Training gets RECIPE_S or what is left less ~100 s (overrun grace, checkpoint, fp16 bundle + its eval).
+  left=$((DEADLINE - $(date +%s) - 100))
   recipe_s=$((RECIPE_S < left ? RECIPE_S : left))
-  if ((recipe_s < 30)); then
+  if ((recipe_s < 40)); then
     report skip recipe "out of the ${BUDGET_S}s time budget (${recipe_s}s left for training)"
   else
-    run_check recipe $((recipe_s * 5 / 4 + 90)) check_recipe "$recipe_s"
+    run_check recipe $((recipe_s + 100)) check_recipe "$recipe_s"
   fi
   if [[ $MODE == full ]]; then
     run_check bench_gpu_b64 180 check_bench_gpu bench_gpu_b64 64
