@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep.schema import NUM_CLASSES
+from data_prep.schema import CLASS_NAMES, NUM_CLASSES
 from data_prep.synth import main, render_faces, usage_counts, write_synthetic_csv
 
 
@@ -71,3 +71,50 @@ def test_classes_are_learnable_but_not_trivially():
     weights = np.linalg.solve(gram, features[train].T @ one_hot)
     accuracy = ((features[held_out] @ weights).argmax(1) == labels[held_out]).mean()
     assert 0.35 < accuracy < 0.85, accuracy
+
+
+@pytest.fixture(scope="module")
+def faces_by_class() -> tuple[np.ndarray, np.ndarray]:
+    """100 faces of each class (labels, float faces), seed 1."""
+    labels = np.repeat(np.arange(NUM_CLASSES), 100)
+    return labels, render_faces(labels, np.random.default_rng(1)).astype(np.float32)
+
+
+def test_render_is_deterministic_for_a_seed():
+    labels = np.arange(NUM_CLASSES)
+    first = render_faces(labels, np.random.default_rng(5))
+    assert np.array_equal(first, render_faces(labels, np.random.default_rng(5)))
+    assert not np.array_equal(first, render_faces(labels, np.random.default_rng(6)))
+
+
+def test_happy_and_sad_differ_by_where_the_middle_of_the_mouth_is(faces_by_class):
+    """The documented mouth signal, read without learning anything: a smile's middle dips below its corners,
+    a sad mouth's middle bulges above them, so the darkest row of the face's middle columns (the mouth line;
+    the nose is drawn fainter) lies below the mouth's mean height (row 34) in happy faces, above in sad ones."""
+    labels, faces = faces_by_class
+    happy_or_sad = np.isin(labels, (CLASS_NAMES.index("happy"), CLASS_NAMES.index("sad")))
+    top = 27  # below the nose's tip, above the chin
+    middle = faces[happy_or_sad, top:43, 22:26].mean(
+        axis=2
+    )  # the four middle columns, averaged against noise
+    lowered = top + middle.argmin(axis=1) > 34
+    accuracy = (lowered == (labels[happy_or_sad] == CLASS_NAMES.index("happy"))).mean()
+    assert accuracy > 0.75, accuracy  # chance: 0.5; pose and face shape keep it from 1
+
+
+def test_every_face_differs_even_within_a_class(faces_by_class):
+    labels, faces = faces_by_class
+    assert len({face.tobytes() for face in faces}) == len(faces)
+    neutral = faces[labels == CLASS_NAMES.index("neutral")]
+    assert neutral.std(axis=0).mean() > 20  # pose, tones, lighting and noise: not one template plus noise
+
+
+def test_no_trivial_leak_through_brightness_or_row_order(faces_by_class, synth_csv):
+    labels, faces = faces_by_class
+    brightness = faces.mean(axis=(1, 2))
+    class_means = np.array([brightness[labels == c].mean() for c in range(NUM_CLASSES)])
+    within_class_std = np.sqrt(np.mean([brightness[labels == c].var() for c in range(NUM_CLASSES)]))
+    assert np.abs(class_means - brightness.mean()).max() < 0.35 * within_class_std
+    # Labels are drawn per row: neighbours share a class about 1 time in 7, not in runs.
+    emotion = pd.read_csv(synth_csv, usecols=["emotion"]).emotion.to_numpy()
+    assert (emotion[1:] == emotion[:-1]).mean() < 0.25
