@@ -29,8 +29,10 @@ from emotionnet.data.augment import (
 )
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig
+from emotionnet.inference.export import load_export
 from emotionnet.train.optim import create_optimizer
 from emotionnet.train.trainer import build_accelerator
+from tests.training_utils import prepared_synthetic, run, train_command
 
 ALL_OFF = AugmentConfig(
     hflip_p=0.0,
@@ -285,6 +287,24 @@ def test_run_compile_goes_through_accelerates_dynamo_plugin(monkeypatch, fresh_a
 def test_run_compile_off_leaves_the_launch_configuration_alone(monkeypatch, fresh_accelerator_state):
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "eager")  # what `accelerate launch --dynamo_backend` sets
     assert build_accelerator(TrainConfig()).state.dynamo_plugin.backend == DynamoBackend.EAGER
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_resumes_and_exports(tmp_path):
+    """run.compile through Accelerate (dynamo's eager backend: tracing without code generation, fast on the
+    CPU); the run writes its augmentation grid, checkpoints, resumes and exports plain weights."""
+    data = prepared_synthetic(tmp_path / "data", rows=200, seed=5)
+    common = (f"data.data_dir={data}", f"run.output_dir={tmp_path}", "--run_name", "compiled", "run.compile=true",
+              "run.compile_backend=eager", "checkpoint.every_steps=4", "tracking.enabled=false")  # fmt: skip
+    first = run(train_command(*common, "run.max_steps=4"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "compiled"
+    assert (run_dir / "reports" / "augmentations.png").is_file()
+    resumed = run(train_command(*common, "run.max_steps=8", "--resume", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    model, description = load_export(run_dir / "final")
+    assert description.metadata["step"] == 8
+    assert not any(name.startswith("_orig_mod") for name in model.state_dict())
 
 
 def test_fused_adamw_on_request():
