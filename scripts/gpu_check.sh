@@ -10,7 +10,8 @@
 # a failing check is recorded and the next one runs. Exit status: 0 when no check failed.
 # Environment: OUT (./gpu-check-out), KIT (.gpu-kit), PYTHON (.venv/bin/python if present, else
 # python3), BUDGET_S (whole run: 560 full, 240 quick, 300 cpu), RECIPE_S (training wall budget, 240),
-# FER_CSV (FER2013 CSV when there is no kit; default ../shared/fer2013/fer2013_dev.csv.gz if present),
+# KEEP_WORK=1 (keep the scratch folder: runs, decoded CSV), FER_CSV (FER2013 CSV when there is no
+# kit; default ../shared/fer2013/fer2013_dev.csv.gz if present),
 # CHECKS (comma-separated subset, e.g. CHECKS=install,recipe,bench_gpu_b64 for a second command on a warm
 # machine: the installed kit and the prepared data in .gpu-check-data/ are reused).
 set -uo pipefail  # no -e: a failing check must not stop the others
@@ -30,7 +31,7 @@ RECIPE_S=${RECIPE_S:-240}
 KIT=${KIT:-.gpu-kit}
 if [[ -z ${PYTHON:-} ]]; then
   PYTHON=python3
-  [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
+  [[ -x .venv/bin/python ]] && PYTHON=$(pwd)/.venv/bin/python
 fi
 OUT=${OUT:-./gpu-check-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -231,4 +232,5 @@ rc=$?
 echo "gpu-check: $(($(date +%s) - START))s; $JSON"
 exec 1>&- 2>&-
 wait "$TEE_PID" 2>/dev/null  # the log is complete before the results are collected
+[[ ${KEEP_WORK:-0} == 1 ]] || rm -rf "$WORK"  # runs, decoded CSV: the evidence is in $OUT
 exit $rc
