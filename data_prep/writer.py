@@ -208,7 +208,8 @@ def _temp_dir(target: Path, kind: str) -> Path:
     return target.parent / f".{target.name}.{kind}-{owner_tag()}-{secrets.token_hex(6)}"
 
 
-def _owner_is_gone(host: str, pid: int, started: int) -> bool:
+def owner_is_gone(host: str, pid: int, started: int) -> bool:
+    """Whether the process an `owner_tag` names has ended (False when that cannot be told from here)."""
     if host != _HOST:
         return False  # another machine's prep (a shared file system): nothing here can tell; leave it
     try:
@@ -235,7 +236,7 @@ def remove_stale_temp_dirs(target: Path) -> None:
         if not match:
             continue
         host, pid = match["host"], int(match["pid"])
-        if not _owner_is_gone(host, pid, int(match["started"])):
+        if not owner_is_gone(host, pid, int(match["started"])):
             continue
         killed = f"a prep (pid {pid} on {host}) that was killed"
         if match["kind"] == "old" and not target.exists() and (path / MANIFEST_NAME).is_file():

@@ -8,10 +8,12 @@
     snapshots/cycle_K/   end-of-cycle exports (snapshot ensemble)
     reports/             confusion matrices, per-class reports, training curves
     mlflow_run.json      which MLflow run mirrors this directory (when tracked)
+    run.lock             held by the live run using this directory (pid, host)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,20 @@ FINAL = "final"
 SNAPSHOTS = "snapshots"
 REPORTS = "reports"
 MLFLOW_RECORD = "mlflow_run.json"
+LOCK = "run.lock"
 EXPORTS = (BEST, FINAL)  # the exports a run directory offers, preferred first
+# A run name is one path component of safe characters: a run never lands outside its output directory.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run directory, or None."""
+    if RUN_NAME.fullmatch(name):
+        return None
+    return (
+        f"{name!r} is not a run name: use one path component of up to 128 letters, digits, '.', '_' or '-', "
+        "not starting with '.' or '-'"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,10 @@ class RunLayout:
     @property
     def mlflow_record(self) -> Path:
         return self.root / MLFLOW_RECORD
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
 
     def snapshot(self, cycle: int) -> Path:
         return self.snapshots / f"cycle_{cycle}"

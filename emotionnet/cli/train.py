@@ -22,6 +22,7 @@ from emotionnet.exit_codes import ExitCode
 from emotionnet.tracking.mlflow_tracker import TrackingError, build_trackers, resolve_tracking_uri
 from emotionnet.tracking.redact import redact_tree
 from emotionnet.train.run_dir import RunDirError
+from emotionnet.train.run_lock import RunBusyError
 from emotionnet.train.session import run_training
 from emotionnet.train.trainer import NonFiniteLossError, Trainer
 
@@ -50,6 +51,9 @@ def run(argv: list[str] | None = None) -> tuple[ExitCode, Trainer | None]:
     except NonFiniteLossError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return ExitCode.NONFINITE, None
+    except RunBusyError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return ExitCode.BUSY, None
     if code == ExitCode.OK and trainer.accelerator.is_main_process:
         print(closing_summary(trainer))
     return code, trainer

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from emotionnet.data.loaders import DataConfig
+from emotionnet.data.loaders import DataConfig, check_at_least
 from emotionnet.data.transforms import AugmentConfig, TTAMode
 from emotionnet.model.emotionnet import ModelConfig
+from emotionnet.run_layout import run_name_problem
 
 
 @dataclass
@@ -27,6 +28,9 @@ class OptimConfig:
     grad_accum_steps: int = 1
     # Exponential moving average of the weights, used for validation, exports and snapshots; 0 = off.
     ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_at_least("optim", self, 1, ("grad_accum_steps",))
 
 
 @dataclass
@@ -54,6 +58,9 @@ class CheckpointConfig:
     every_steps: int = 500  # plus one at every epoch end
     keep_last: int = 3  # the best checkpoint is kept on top of these
 
+    def __post_init__(self) -> None:
+        check_at_least("checkpoint", self, 1, ("every_steps", "keep_last"))
+
 
 @dataclass
 class RunConfig:
@@ -78,6 +85,11 @@ class RunConfig:
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # the last two debug tracing
+
+    def __post_init__(self) -> None:
+        check_at_least("run", self, 1, ("num_epochs", "max_steps", "log_every_steps", "dist_timeout_s"))
+        if self.run_name is not None and (problem := run_name_problem(self.run_name)):
+            raise ValueError(f"run.run_name: {problem}")
 
 
 @dataclass

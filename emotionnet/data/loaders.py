@@ -28,6 +28,18 @@ class DataConfig:
     persistent_workers: bool = True  # only with num_workers > 0
     prefetch_factor: int = 2  # batches per worker; only with num_workers > 0
 
+    def __post_init__(self) -> None:
+        check_at_least("data", self, 1, ("batch_size", "eval_batch_size", "prefetch_factor"))
+        check_at_least("data", self, 0, ("num_workers",))
+
+
+def check_at_least(section: str, config: object, minimum: int, names: Sequence[str]) -> None:
+    """Refuse a count below `minimum` at config load (ValueError naming `section.name`); None is unset."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{section}.{name} must be at least {minimum}, got {value}")
+
 
 class DatasetNotPreparedError(ValueError):
     """The data directory is missing, was not written by the prep stage, or by an incompatible version."""

@@ -1,48 +1,172 @@
-"""Atomic, pruned training checkpoints through `accelerator.save_state` (works for DDP and DeepSpeed)."""
+"""Atomic, verified, pruned training checkpoints through `accelerator.save_state` (DDP and DeepSpeed).
+
+A checkpoint directory holds Accelerate's state (model, optimizer, scheduler, RNG states), the trainer's
+own state as JSON (`trainer_state.json`), extra tensors as safetensors (the EMA weights), and, written
+last, `manifest.json`: the size and SHA-256 of every file. A checkpoint is trusted only once its manifest
+checks out, and nothing in it is unpickled except through `torch.load(weights_only=True)`.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
+from typing import Any, Protocol
 
 from accelerate import Accelerator
+from accelerate.utils import RNG_STATE_NAME
+from accelerate.utils import load as torch_load_plain_data
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from emotionnet.data.source import file_sha256
 from emotionnet.run_layout import RunLayout
 
+log = logging.getLogger(__name__)
+
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is incomplete, corrupted, unsafe or saved by a different launch."""
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
-    """Steps of the complete checkpoints of a run, oldest first."""
+    """Steps of the checkpoint directories of a run (complete or not: see `verify_checkpoint`), oldest first."""
     root = RunLayout(Path(run_dir)).checkpoints
     if not root.is_dir():
         return []
     return sorted(int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)))
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return RunLayout(Path(run_dir)).checkpoints / f"step_{step:08d}"
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     steps = checkpoint_steps(run_dir)
-    return RunLayout(Path(run_dir)).checkpoints / f"step_{steps[-1]:08d}" if steps else None
+    return checkpoint_path(run_dir, steps[-1]) if steps else None
+
+
+def latest_valid_checkpoint(run_dir: Path, num_processes: int) -> Path | None:
+    """The newest checkpoint that passes `verify_checkpoint`; each newer one that fails is logged."""
+    for step in reversed(checkpoint_steps(run_dir)):
+        path = checkpoint_path(run_dir, step)
+        try:
+            verify_checkpoint(path, num_processes)
+        except CheckpointError as err:
+            log.warning("skipping checkpoint %s: %s", path, err)
+            continue
+        return path
+    return None
+
+
+def _rng_state_name(process_index: int) -> str:
+    return f"{RNG_STATE_NAME}_{process_index}.pkl"
+
+
+def write_manifest(directory: Path, step: int, num_processes: int) -> None:
+    """Record the size and SHA-256 of every file in `directory` (written last: it vouches for the rest)."""
+    files = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"step": step, "num_processes": num_processes, "files": files}
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, directory / MANIFEST)
+
+
+def verify_checkpoint(path: Path, num_processes: int) -> None:
+    """Raise CheckpointError saying why `path` cannot be resumed by a launch of `num_processes`."""
+    if not path.is_dir():
+        raise CheckpointError("not a directory")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files, saved_by = manifest["files"], manifest["num_processes"]
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"no {MANIFEST} (an incomplete checkpoint, or one from an older version)"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{MANIFEST} is unreadable ({type(err).__name__})") from None
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{name} is missing")
+        if (size := file.stat().st_size) != expected["size"]:
+            raise CheckpointError(f"{name} has {size} bytes, {expected['size']} were written (truncated?)")
+        if file_sha256(file) != expected["sha256"]:
+            raise CheckpointError(f"{name} does not match its SHA-256 in {MANIFEST} (corrupted)")
+    if planted := sorted(p.name for p in path.glob("custom_checkpoint_*")):
+        # Accelerate would unpickle these with weights_only=False; this trainer never writes them.
+        raise CheckpointError(f"{planted[0]} is a pickle this trainer never writes, refused")
+    if TRAINER_STATE not in files:
+        raise CheckpointError(f"{MANIFEST} lists no {TRAINER_STATE}")
+    if saved_by != num_processes:
+        raise CheckpointError(
+            f"saved by {saved_by} processes but this launch has {num_processes}: the data order and random "
+            f"streams are per process, so resume with {saved_by} processes"
+        )
+    for index in range(num_processes):
+        # Bitwise resume needs every process's RNG state; Accelerate would go on silently without one.
+        name = _rng_state_name(index)
+        if name not in files:
+            raise CheckpointError(f"no random-number state for process {index} ({name})")
+        _require_plain_data(path / name)
+    for name in files:
+        if name.endswith(".pt"):  # DeepSpeed's files: DeepSpeed loads them with weights_only=False
+            _require_plain_data(path / name)
+
+
+def _require_plain_data(file: Path) -> None:
+    """Refuse a pickle that holds more than tensors and plain data (it could run code when loaded)."""
+    try:
+        torch_load_plain_data(file, map_location="cpu")
+    except Exception as err:  # UnpicklingError for a forbidden global, or any other unreadable pickle
+        raise CheckpointError(f"{file.name} is not plain tensor data, refused ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 class CheckpointManager:
     """Checkpoints live in `<run_dir>/checkpoints/step_XXXXXXXX/`.
 
-    Every rank writes into a hidden temp dir (DeepSpeed shards its state per rank); the main process
-    renames it into place once all ranks are done, so a kill at any moment leaves either the previous
-    complete checkpoint or the new one, never a partial one under a `step_*` name.
+    Every rank writes into a hidden temp dir (DeepSpeed shards its state per rank); the main process adds
+    the trainer state and the manifest and renames it into place once all ranks are done, so a kill at any
+    moment leaves either the previous complete checkpoint or the new one, never a partial one under a
+    `step_*` name.
     """
 
     def __init__(self, run_dir: Path, accelerator: Accelerator, keep_last: int):
-        self.root = RunLayout(Path(run_dir)).checkpoints
+        self.run_dir = Path(run_dir)
+        self.root = RunLayout(self.run_dir).checkpoints
         self.accelerator = accelerator
-        self.keep_last = max(1, keep_last)
+        self.keep_last = keep_last
+        # What the trainer keeps beside Accelerate's state (the same on every rank), saved by the main
+        # process: plain values in trainer_state.json, tensors as <name>.safetensors. Never pickled.
+        self.json_state: dict[str, Stateful] = {}
+        self.tensor_state: dict[str, Stateful] = {}
 
     def save(self, step: int, protect: int | None = None) -> Path:
         """Save the full training state at `step`; keep the newest `keep_last` plus `protect` (the best)."""
-        final = self.root / f"step_{step:08d}"
+        final = self.path(step)
         tmp = self.root / f".tmp_step_{step:08d}"
         if self.accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -51,6 +175,12 @@ class CheckpointManager:
         self.accelerator.save_state(str(tmp))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            for name, obj in self.tensor_state.items():
+                tensors = {k: v.detach().cpu().contiguous() for k, v in obj.state_dict().items()}
+                save_file(tensors, tmp / f"{name}.safetensors")
+            state = {name: obj.state_dict() for name, obj in self.json_state.items()}
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1, sort_keys=True))
+            write_manifest(tmp, step, self.accelerator.num_processes)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -58,14 +188,33 @@ class CheckpointManager:
         self.accelerator.wait_for_everyone()
         return final
 
+    def load(self, path: Path) -> None:
+        """Restore everything `save` wrote from a verified checkpoint; CheckpointError (one line) when it
+        does not fit this model, configuration or launch."""
+        try:
+            self.accelerator.load_state(str(path))
+            state = json.loads((path / TRAINER_STATE).read_text())
+            missing = [name for name in self.json_state if name not in state]
+            missing += [
+                f"{n}.safetensors" for n in self.tensor_state if not (path / f"{n}.safetensors").is_file()
+            ]
+            if missing:
+                raise ValueError(f"it has no {', '.join(missing)} (saved with another configuration?)")
+            for name, obj in self.json_state.items():
+                obj.load_state_dict(state[name])
+            for name, obj in self.tensor_state.items():
+                obj.load_state_dict(load_file(path / f"{name}.safetensors"))
+        except (OSError, RuntimeError, ValueError, SafetensorError, pickle.UnpicklingError) as err:
+            raise CheckpointError(f"checkpoint {path} does not fit this run: {_first_line(err)}") from err
+
     def path(self, step: int) -> Path:
-        return self.root / f"step_{step:08d}"
+        return checkpoint_path(self.run_dir, step)
 
     def latest(self) -> Path | None:
-        return latest_checkpoint(self.root.parent)
+        return latest_checkpoint(self.run_dir)
 
     def _prune(self, protect: int | None) -> None:
-        for step in checkpoint_steps(self.root.parent)[: -self.keep_last]:
+        for step in checkpoint_steps(self.run_dir)[: -self.keep_last]:
             if step != protect:
                 shutil.rmtree(self.path(step), ignore_errors=True)
         for leftover in self.root.glob(".tmp_step_*"):

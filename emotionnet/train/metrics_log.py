@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLogError(ValueError):
+    """A line of metrics.jsonl, other than a torn last one, that is not a JSON record."""
 
 
 class MetricsLog:
     """One JSON object per line: {"step": int, "epoch": int, "split": "train"|"validation"|"test", ...}.
 
-    Lines are flushed as they are written, so a killed run keeps everything logged before the kill.
+    Lines are flushed as they are written, so a killed run keeps everything logged before the kill; a kill
+    in the middle of a write leaves a torn last line, which `read` drops with a warning.
     """
 
     def __init__(self, path: str | Path):
@@ -21,15 +29,41 @@ class MetricsLog:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
     def read(self) -> list[dict]:
+        return self._read()[0]
+
+    def _read(self) -> tuple[list[dict], bool]:
+        """The records, and whether a torn last line was dropped."""
         if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            return [], False
+        text = self.path.read_text(errors="replace")
+        lines = text.split("\n")
+        # A complete file ends with "\n", so its last piece is empty; anything else there was cut short.
+        torn = lines.pop()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if number == len(lines) and not torn:  # the last line may be torn before its newline too
+                    torn = line
+                    break
+                raise MetricsLogError(f"{self.path} line {number} is not a JSON record ({err.msg})") from err
+        if torn.strip():
+            log.warning(
+                "%s: dropped an incomplete last line (%d characters), left by a run killed while writing it",
+                self.path,
+                len(torn),
+            )
+        return records, bool(torn.strip())
 
     def truncate_after(self, step: int) -> int:
-        """Drop records logged after `step` (work a resumed run will redo); returns how many were dropped."""
-        records = self.read()
+        """Drop records logged after `step` (work a resumed run will redo) and a torn last line; returns
+        how many records were dropped."""
+        records, torn = self._read()
         kept = [r for r in records if r["step"] <= step]
-        if len(kept) != len(records):
+        if torn or len(kept) != len(records):
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
             os.replace(tmp, self.path)

@@ -1,8 +1,8 @@
-"""Counters of a training run that must survive a restart (saved with every checkpoint)."""
+"""Counters of a training run that must survive a restart (saved as JSON with every checkpoint)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass
@@ -18,5 +18,10 @@ class TrainerProgress:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        expected = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        if set(state) != set(expected):
+            raise ValueError(f"trainer progress has the keys {sorted(state)}, expected {sorted(expected)}")
+        for key, kind in expected.items():
+            if type(state[key]) is not kind:
+                raise ValueError(f"trainer progress {key}={state[key]!r} is not a {kind.__name__}")
+            setattr(self, key, state[key])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +12,16 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from emotionnet.config.schema import RunConfig
-from emotionnet.run_layout import CHECKPOINTS
-from emotionnet.train.checkpoint import latest_checkpoint
+from emotionnet.run_layout import CHECKPOINTS, run_name_problem
+from emotionnet.train.checkpoint import (
+    CheckpointError,
+    checkpoint_steps,
+    latest_checkpoint,
+    latest_valid_checkpoint,
+    verify_checkpoint,
+)
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(ValueError):
@@ -30,27 +41,79 @@ def default_run_name(accelerator: Accelerator) -> str:
     return f"emotionnet-{accelerator.mixed_precision}-{accelerator.num_processes}p-{stamp}"
 
 
-def resolve_run(cfg: RunConfig, accelerator: Accelerator) -> ResolvedRun:
-    """Apply `run.resume` (None, 'latest' or a checkpoint path) to pick the run directory and checkpoint."""
+def check_output_dir(output_dir: str | Path) -> None:
+    """RunDirError unless runs can be written under `output_dir`; creates nothing."""
+    path = Path(output_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a directory")
+        if existing == path:
+            with tempfile.TemporaryFile(dir=path):  # the real test (permission bits do not bind root)
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"{existing} is not writable")
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise RunDirError(f"run.output_dir {path} is not writable: {reason}") from None
+
+
+def run_directory(cfg: RunConfig, accelerator: Accelerator) -> Path:
+    """The run directory `cfg` asks for: that of the `run.resume` checkpoint, `run.run_name`, the run with
+    the newest checkpoint (`run.resume=latest` without a name) or a new timestamped one."""
     output_dir = Path(cfg.output_dir)
     if cfg.resume not in (None, "latest"):
-        checkpoint = Path(cfg.resume)
-        if not (checkpoint.is_dir() and checkpoint.parent.name == CHECKPOINTS):
-            raise RunDirError(f"--resume {checkpoint}: not a checkpoint directory (<run>/checkpoints/step_*)")
+        checkpoint = Path(os.path.abspath(cfg.resume))
+        if checkpoint.parent.name != CHECKPOINTS or not checkpoint.name.startswith("step_"):
+            raise RunDirError(f"--resume {cfg.resume}: not a checkpoint directory (<run>/checkpoints/step_*)")
         run_path = checkpoint.parent.parent
-        return ResolvedRun(run_path.name, run_path, checkpoint)
-
+        if not (output_dir.is_dir() and run_path.parent.is_dir() and run_path.parent.samefile(output_dir)):
+            # The run's tracking store and neighbours are those of its own output directory.
+            raise RunDirError(
+                f"--resume {cfg.resume}: that run is not in run.output_dir {output_dir}; "
+                f"pass run.output_dir={run_path.parent} to resume it"
+            )
+        if problem := run_name_problem(run_path.name):
+            raise RunDirError(f"--resume {cfg.resume}: {problem}")
+        return run_path
     name = cfg.run_name
     if cfg.resume == "latest" and name is None and output_dir.is_dir():
-        candidates = [p for p in output_dir.iterdir() if p.is_dir() and latest_checkpoint(p)]
+        candidates = [
+            p
+            for p in output_dir.iterdir()
+            if not run_name_problem(p.name) and p.is_dir() and latest_checkpoint(p)
+        ]
         if candidates:
             name = max(candidates, key=lambda p: latest_checkpoint(p).stat().st_mtime).name
-    name = name or default_run_name(accelerator)
-    run_path = output_dir / name
-    checkpoint = latest_checkpoint(run_path)
-    if checkpoint is not None and cfg.resume is None:
+    return output_dir / (name or default_run_name(accelerator))
+
+
+def resume_checkpoint(cfg: RunConfig, run_path: Path, num_processes: int) -> Path | None:
+    """The verified checkpoint of `run_path` to resume from (None: start fresh), as `run.resume` asks."""
+    if cfg.resume not in (None, "latest"):
+        checkpoint = Path(os.path.abspath(cfg.resume))
+        try:
+            verify_checkpoint(checkpoint, num_processes)
+        except CheckpointError as err:
+            raise RunDirError(f"--resume {cfg.resume}: cannot resume from this checkpoint: {err}") from None
+        return checkpoint
+    steps = checkpoint_steps(run_path)
+    if cfg.resume is None:
+        if steps:
+            raise RunDirError(
+                f"run directory {run_path} already has checkpoints; pass --resume latest to continue it "
+                "or choose another --run_name"
+            )
+        return None
+    if not steps:
+        log.warning("--resume latest: %s has no checkpoint; starting a fresh run there", run_path)
+        return None
+    checkpoint = latest_valid_checkpoint(run_path, num_processes)
+    if checkpoint is None:
         raise RunDirError(
-            f"run directory {run_path} already has checkpoints; pass --resume latest to continue it "
-            "or choose another --run_name"
+            f"--resume latest: none of the {len(steps)} checkpoints in {run_path / CHECKPOINTS} can be resumed "
+            "(the warnings above say why); pass --resume <checkpoint> or choose another --run_name"
         )
-    return ResolvedRun(name, run_path, checkpoint)
+    return checkpoint

@@ -1,12 +1,15 @@
-"""One training run from a configuration: decide the data and run directory on the main process, build
-the trainer, train, test, and always tell the callbacks how it ended."""
+"""One training run from a configuration: decide the data and run directory on the main process (and lock
+the run directory for the run's life), build the trainer, train, test, and always tell the callbacks how
+it ended."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 import yaml
+from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from emotionnet.config import loader
@@ -15,7 +18,8 @@ from emotionnet.data.source import resolve_data_dir
 from emotionnet.exit_codes import ExitCode
 from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
-from emotionnet.train.run_dir import resolve_run
+from emotionnet.train.run_dir import ResolvedRun, check_output_dir, resume_checkpoint, run_directory
+from emotionnet.train.run_lock import RunLock
 from emotionnet.train.trainer import NonFiniteLossError, Trainer, build_accelerator
 
 CallbackFactory = Callable[[TrainConfig], Sequence[TrainerCallback]]
@@ -25,41 +29,60 @@ Redactor = Callable[[dict], dict]
 def run_training(
     cfg: TrainConfig, callbacks: CallbackFactory = lambda cfg: [], redact: Redactor = lambda tree: tree
 ) -> tuple[ExitCode, Trainer]:
-    """Train and test as `cfg` says. Errors in the data or run directory raise (DataSourceError,
-    RunDirError, ValueError) before anything is trained; a NaN/Inf loss raises NonFiniteLossError
-    after the callbacks were told (exit NONFINITE)."""
+    """Train and test as `cfg` says. Errors in the output, data or run directory or the checkpoint raise
+    (RunDirError, DataSourceError, ValueError) before anything is trained, and RunBusyError when another
+    live run holds the run directory; a NaN/Inf loss raises NonFiniteLossError after the callbacks were
+    told (exit NONFINITE)."""
     accelerator = build_accelerator(cfg)
     logging.basicConfig(
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    # The main process decides (prep cache, run name, checkpoint); the others follow its answer.
-    decided = [None]
-    if accelerator.is_main_process:
-        decided = [(str(resolve_data_dir(cfg.data)), resolve_run(cfg.run, accelerator))]
-    data_dir, run = broadcast_object_list(decided)[0]
-    accelerator.wait_for_everyone()
+    with ExitStack() as held:  # the run lock, released however the run ends (not on SIGKILL: it goes stale)
+        # The main process decides (prep cache, run name, checkpoint); the others follow its answer, or
+        # raise its error with it rather than wait for an answer that never comes.
+        decided: list = [None]
+        if accelerator.is_main_process:
+            try:
+                decided = [decide_run(cfg, accelerator, held)]
+            except Exception as err:
+                decided = [err]
+        outcome = broadcast_object_list(decided)[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        data_dir, run = outcome
+        accelerator.wait_for_everyone()
 
-    cfg.data.data_dir = data_dir
-    cfg.run.run_name = run.name
-    if accelerator.is_main_process:
-        run.path.mkdir(parents=True, exist_ok=True)
-        resolved = redact(loader.to_dict(cfg))  # no credentials on disk (e.g. in tracking.uri)
-        RunLayout(run.path).config.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    trainer = Trainer(cfg, accelerator, run.path, callbacks=callbacks(cfg))
-    if run.checkpoint is not None:
-        trainer.resume(run.checkpoint)
-    code = ExitCode.FAILED  # anything that escapes below is a failure for the callbacks
-    try:
-        code = fit_and_test(trainer)
-    except NonFiniteLossError:
-        code = ExitCode.NONFINITE
-        raise
-    finally:
-        trainer.end(code)
-        accelerator.end_training()
-    return code, trainer
+        cfg.data.data_dir = data_dir
+        cfg.run.run_name = run.name
+        if accelerator.is_main_process:
+            resolved = redact(loader.to_dict(cfg))  # no credentials on disk (e.g. in tracking.uri)
+            RunLayout(run.path).config.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        trainer = Trainer(cfg, accelerator, run.path, callbacks=callbacks(cfg))
+        code = ExitCode.FAILED  # anything that escapes below is a failure for the callbacks
+        try:
+            trainer.resume(run.checkpoint)
+            code = fit_and_test(trainer)
+        except NonFiniteLossError:
+            code = ExitCode.NONFINITE
+            raise
+        finally:
+            trainer.end(code)
+            accelerator.end_training()
+        return code, trainer
+
+
+def decide_run(cfg: TrainConfig, accelerator: Accelerator, held: ExitStack) -> tuple[str, ResolvedRun]:
+    """On the main process: check the output directory, prepare or find the data, pick and lock the run
+    directory (the lock joins `held`), then pick the checkpoint to resume."""
+    check_output_dir(cfg.run.output_dir)  # before the data prep or anything else writes
+    data_dir = str(resolve_data_dir(cfg.data))
+    run_path = run_directory(cfg.run, accelerator)
+    run_path.mkdir(parents=True, exist_ok=True)
+    held.enter_context(RunLock(run_path))
+    checkpoint = resume_checkpoint(cfg.run, run_path, accelerator.num_processes)
+    return data_dir, ResolvedRun(run_path.name, run_path, checkpoint)
 
 
 def fit_and_test(trainer: Trainer) -> ExitCode:

@@ -2,7 +2,8 @@
 
 Accelerate owns device placement, sharding, precision and gradient sync; this module states the
 training logic once. Everything a restart needs is either in `accelerator.save_state` (model,
-optimizer, scheduler, scaler, RNG states) or in `TrainerProgress`, registered for checkpointing.
+optimizer, scheduler, scaler, RNG states) or kept by the `CheckpointManager` beside it (`TrainerProgress`
+as JSON, the EMA weights as safetensors).
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ from emotionnet.train.progress import TrainerProgress
 
 log = logging.getLogger(__name__)
 
-# How often (in optimizer steps) ranks agree on stop requests and non-finite losses. Checking costs a
-# host sync and a collective, so it is not done on every step.
-SYNC_EVERY_STEPS = 10
+# Ranks agree on stop requests and non-finite losses at sync points: a host sync and a collective, so not
+# on every step but about every AGREE_EVERY_S seconds of training (a number of steps every rank derives
+# from the same reduced step time), and at every log, snapshot and checkpoint step. One process acts on a
+# stop request at the next step.
+AGREE_EVERY_S = 1.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,7 +68,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 set a flag; the loop acts on it at the next agreed step boundary."""
+    """SIGTERM / SIGUSR1 set a flag; the loop acts on it at the next step (one process) or the next sync
+    point (several: within about AGREE_EVERY_S seconds)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -186,7 +190,7 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
             model, optimizer, train_loader, val_loader, scheduler
         )
-        accelerator.register_for_checkpointing(self.progress)
+        self.checkpoints.json_state["progress"] = self.progress
         self.steps_per_epoch = len(self.train_loader) // cfg.optim.grad_accum_steps
         self.total_steps = self.steps_per_epoch * cfg.run.num_epochs
         if cfg.run.max_steps is not None:
@@ -223,7 +227,7 @@ class Trainer:
             )
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         ema = WeightEMA(model, self.cfg.optim.ema_decay)
-        self.accelerator.register_for_checkpointing(ema.averaged)
+        self.checkpoints.tensor_state["ema"] = ema.averaged
         return ema
 
     def _snapshot_steps(self) -> list[int]:
@@ -269,18 +273,22 @@ class Trainer:
 
     # ---- resume --------------------------------------------------------------------------------
 
-    def resume(self, checkpoint: Path) -> None:
-        self.accelerator.load_state(str(checkpoint))
+    def resume(self, checkpoint: Path | None) -> None:
+        """Restore a verified checkpoint (None: start fresh), then drop the log records past its step: work
+        the run will redo, or an earlier attempt's that never saved a checkpoint."""
+        if checkpoint is not None:
+            self.checkpoints.load(checkpoint)
         if self.sample_log is not None:
             self.sample_log.truncate_after(self.progress.step)
         if self.accelerator.is_main_process:
             dropped = self.metrics_log.truncate_after(self.progress.step)
-            log.info(
-                "resumed from %s at step %d (dropped %d later log records)",
-                checkpoint,
-                self.progress.step,
-                dropped,
-            )
+            if checkpoint is not None:
+                log.info(
+                    "resumed from %s at step %d (dropped %d later log records)",
+                    checkpoint,
+                    self.progress.step,
+                    dropped,
+                )
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -307,6 +315,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_start(self)
         window = _Window(acc.device)
+        clock = _SyncClock(p.step)
         nonfinite_at = torch.full((), -1, dtype=torch.long, device=acc.device)
         while p.step < self.total_steps:
             self.train_loader.set_epoch(p.epoch)  # shuffling order
@@ -339,27 +348,33 @@ class Trainer:
                 )
                 if grad_norm is not None:
                     window.grad_norm = grad_norm
-                sync_point = p.step % SYNC_EVERY_STEPS == 0 or p.step % cfg.run.log_every_steps == 0
-                if sync_point:
-                    self._raise_on_nonfinite(nonfinite_at)  # before anything is logged or saved
+                stop = False
+                sync_point = (
+                    clock.due(p.step)
+                    or p.step % cfg.run.log_every_steps == 0
+                    or p.step % cfg.checkpoint.every_steps == 0
+                    or p.step in self.snapshot_steps
+                )
+                if sync_point or (acc.num_processes == 1 and self.stop.requested):
+                    stop = self._agree(nonfinite_at, clock)  # raises on NaN/Inf before anything is saved
                 if p.step % cfg.run.log_every_steps == 0:
                     self._log_train(window, bar)
                 if p.step in self.snapshot_steps:
                     self._save_snapshot()
                 if p.step % cfg.checkpoint.every_steps == 0:
                     self._save_checkpoint()
-                if sync_point and self._agreed_stop():
+                if stop:
                     return self._preempt()
                 if p.step >= self.total_steps:
                     epoch_finished = p.batches_in_epoch >= len(self.train_loader)
                     break
-            self._raise_on_nonfinite(nonfinite_at)
+            stop = self._agree(nonfinite_at, clock)
             self._end_of_epoch()
             if epoch_finished:
                 p.epoch += 1
                 p.batches_in_epoch = 0
             self._save_checkpoint()
-            if self._agreed_stop():
+            if stop or self._agree(nonfinite_at, clock):  # `stop` is agreed: all ranks take the same branch
                 return self._preempt()
         return ExitCode.OK
 
@@ -431,18 +446,24 @@ class Trainer:
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         return acc.clip_grad_norm_(self.model.parameters(), max_norm)
 
-    def _agreed_stop(self) -> bool:
-        """All ranks stop together if any rank got a signal."""
-        flag = torch.tensor(float(self.stop.requested), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
-
-    def _raise_on_nonfinite(self, nonfinite_at: torch.Tensor) -> None:
-        first = int(self.accelerator.reduce(nonfinite_at.clone(), reduction="max").item())
+    def _agree(self, nonfinite_at: torch.Tensor, clock: _SyncClock) -> bool:
+        """One collective: raise NonFiniteLossError if any rank saw a NaN/Inf loss; True if any rank got a
+        stop signal (all ranks stop together). Schedules the next sync point from the slowest rank."""
+        local = torch.stack(
+            [
+                nonfinite_at,
+                torch.tensor(int(self.stop.requested), device=self.accelerator.device),
+                torch.tensor(clock.microseconds_per_step(self.progress.step), device=self.accelerator.device),
+            ]
+        )
+        first, stop, microseconds_per_step = self.accelerator.reduce(local, reduction="max").tolist()
+        clock.schedule(self.progress.step, microseconds_per_step)
         if first >= 0:
             last_good = self.checkpoints.latest()
             raise NonFiniteLossError(
                 f"loss became NaN/Inf at step {first}; last good checkpoint: {last_good or 'none saved yet'}"
             )
+        return stop > 0
 
     def _save_checkpoint(self) -> Path:
         self._last_checkpoint_step = self.progress.step
@@ -562,6 +583,27 @@ class Trainer:
             )
         for callback in self.callbacks:
             callback.on_metrics(self, metrics, self.progress.step)
+
+
+class _SyncClock:
+    """When the ranks next agree: every rank measures its own step time, the sync point reduces them to the
+    slowest, and all derive the same next sync step from it."""
+
+    def __init__(self, step: int):
+        self.next_step = step + 1
+        self._since = (step, time.perf_counter())
+
+    def due(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def microseconds_per_step(self, step: int) -> int:
+        since_step, since = self._since
+        return int(1e6 * (time.perf_counter() - since) / max(1, step - since_step))
+
+    def schedule(self, step: int, microseconds_per_step: int) -> None:
+        if step > self._since[0]:  # the same on every rank: steps advance in lockstep
+            self.next_step = step + max(1, int(AGREE_EVERY_S * 1e6) // max(1, microseconds_per_step))
+        self._since = (step, time.perf_counter())
 
 
 class _Window:
