@@ -74,7 +74,7 @@ def test_snapshot_ensemble_with_ema_and_mixing_in_a_real_run(tmp_path, capsys):
     data = prepared_synthetic(tmp_path / "data", rows=400, seed=3)
     code, trainer = train_run([
         "--config", str(REPO_ROOT / "tests/configs/tiny.yaml"), f"data.data_dir={data}",
-        f"run.output_dir={tmp_path / 'out'}", "--run_name", "snap", "run.num_epochs=2",
+        f"run.output_dir={tmp_path / 'out'}", "--run_name", "snap", "run.num_epochs=2", "schedule.name=restarts",
         "schedule.warmup_steps=0", "schedule.cycle_epochs=1", "schedule.snapshot_ensemble=true",
         "optim.ema_decay=0.9", "augment.mixup_alpha=0.2", "augment.cutmix_alpha=0.2",
         "tracking.enabled=false",

@@ -12,6 +12,7 @@ from torchvision.models import efficientnet_b0
 
 from emotionnet import EmotionNet, ModelConfig
 from emotionnet.cli.summary import main as summary_main
+from emotionnet.model.attention import LayerScale
 from emotionnet.model.backbone import Backbone, PretrainedWeightsError, imagenet_cache_path
 
 torch.set_num_threads(2)
@@ -82,6 +83,9 @@ def test_every_parameter_gets_a_gradient_in_default_config() -> None:
         {"channel_attention": False, "spatial_attention": False, "transformer": False},
         {"grayscale": "repeat"},
         {"backbone_stages": 7, "output_stride": 32, "input_size": 96},
+        {"layer_scale": None, "readout": "cls", "stride_reduction": "stem"},  # the previous architecture
+        {"layer_scale": None},
+        {"readout": "cls"},
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -248,6 +252,9 @@ def test_autocast_forward_is_finite(dtype: torch.dtype) -> None:
         ({"grayscale": "rgb"}, "grayscale must be 'stem' or 'repeat'"),
         ({"output_stride": 32}, "output_stride 32 is not reachable with 5 backbone stages"),
         ({"d_model": 100, "heads": 3}, "heads"),
+        ({"readout": "mean"}, "model.readout must be one of cls, pooled"),
+        ({"layer_scale": -0.1}, "model.layer_scale must be >= 0 or null"),
+        ({"stride_reduction": "early"}, "stride_reduction must be 'stem' or 'late'"),
     ],
 )
 def test_bad_config_is_one_clear_error(override: dict, message: str) -> None:
@@ -278,3 +285,59 @@ def test_summary_rejects_bad_input_in_one_line(capsys, tmp_path) -> None:
     assert summary_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "unknown key colour" in err[0] and "missing.yaml" in err[1]
+
+
+def test_added_stages_start_as_the_identity_around_the_backbone() -> None:
+    """With zero gains the full model computes exactly what backbone + pooling + head compute: a new
+    stage cannot hurt at initialisation. The default small gains stay close to it (training mode, where
+    BatchNorm gives the features their working scale; no dropout, so both see the same network)."""
+    no_dropout = {"backbone_drop_path": 0.0, "dropout": 0.0, "head_dropout": 0.0}
+    bare_config = ModelConfig(
+        channel_attention=False, spatial_attention=False, transformer=False, **no_dropout
+    )
+    x = faces(8)
+    for layer_scale, tolerance in ((0.0, 0.0), (0.01, 0.05)):
+        torch.manual_seed(0)
+        full = EmotionNet(ModelConfig(layer_scale=layer_scale, **no_dropout)).train()
+        bare = EmotionNet(bare_config).train()
+        shared = {k: v for k, v in full.state_dict().items() if k.startswith(("backbone.", "head."))}
+        bare.load_state_dict(shared)
+        with torch.no_grad():
+            expected = bare(x)
+            difference = (full(x) - expected).abs().max()
+        assert difference <= tolerance * expected.abs().max(), (layer_scale, difference)
+
+
+def test_previous_architecture_exports_load_with_their_structure(tmp_path) -> None:
+    """An emotionnet.json written before stride_reduction / layer_scale / readout existed describes the
+    old model: it loads strictly (same parameter names) and predicts as that model does."""
+    import json
+
+    from emotionnet.data.preprocessing import Preprocessing
+    from emotionnet.inference.export import DESCRIPTION_NAME, load_export, save_export
+    from emotionnet.model.emotionnet import LEGACY_DEFAULTS
+
+    torch.manual_seed(3)
+    old = EmotionNet(ModelConfig(output_stride=16, **LEGACY_DEFAULTS)).eval()
+    save_export(tmp_path / "m", old.state_dict(), old.config, Preprocessing())
+    description = json.loads((tmp_path / "m" / DESCRIPTION_NAME).read_text())
+    for key in LEGACY_DEFAULTS:
+        del description["model"][key]
+    (tmp_path / "m" / DESCRIPTION_NAME).write_text(json.dumps(description))
+    loaded, read = load_export(tmp_path / "m")
+    assert {k: getattr(read.model, k) for k in LEGACY_DEFAULTS} == LEGACY_DEFAULTS
+    assert not any(isinstance(m, LayerScale) for m in loaded.modules())
+    with torch.no_grad():
+        assert torch.equal(loaded(faces(3)), old(faces(3)))
+
+
+def test_late_stride_reduction_keeps_the_stem_stride_and_costs_less_than_the_stem_one(capsys) -> None:
+    late = Backbone(stages=5, output_stride=8, stride_reduction="late").eval()
+    stem = Backbone(stages=5, output_stride=8, stride_reduction="stem").eval()
+    assert late.features[0][0].stride == (2, 2) and stem.features[0][0].stride == (1, 1)
+    assert late(faces(1)).shape == stem(faces(1)).shape == (1, 112, 6, 6)
+    flops = {}
+    for reduction in ("late", "stem"):
+        assert summary_main([f"stride_reduction={reduction}", "transformer=false"]) == 0
+        flops[reduction] = float(capsys.readouterr().out.rsplit("FLOPs per image: ", 1)[1].split()[0])
+    assert flops["late"] < 0.8 * flops["stem"]

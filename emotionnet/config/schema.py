@@ -17,13 +17,16 @@ from emotionnet.run_layout import run_name_problem
 
 @dataclass
 class OptimConfig:
-    """AdamW; weight decay is applied to weights only, never to norms, biases or embeddings."""
+    """AdamW or SGD with Nesterov momentum; weight decay applies to weights only, never to norms, biases,
+    gains or embeddings (decoupled for AdamW, L2 for SGD)."""
 
+    name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-4
     weight_decay: float = 1e-5
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    momentum: float = 0.9  # SGD only
     grad_clip: float = 1.0  # max global L2 norm; 0 disables clipping
     grad_accum_steps: int = 1
     # Exponential moving average of the weights, used for validation, exports and snapshots; 0 = off.
@@ -35,22 +38,49 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Linear warm-up, then cosine annealing with warm restarts, stepped once per optimizer step."""
+    """Linear warm-up, then cosine annealing, stepped once per optimizer step: "cosine" is one cosine that
+    ends on the run's last step (schedule.budget_steps, run.num_epochs or run.time_budget_min decide which);
+    "restarts" are cycles of cycle_epochs, cycle_mult times longer each (SGDR, warm restarts)."""
 
+    name: Literal["cosine", "restarts"] = "cosine"
+    # The run's length in optimizer steps, where "cosine" ends, instead of run.num_epochs.
+    budget_steps: int | None = None
     warmup_steps: int = 500
-    cycle_epochs: float = 10.0  # length of the first cosine cycle, in epochs
-    cycle_mult: int = 1  # each cycle is this many times longer than the previous one
+    cycle_epochs: float = 10.0  # "restarts": length of the first cosine cycle, in epochs
+    cycle_mult: int = 1  # "restarts": each cycle is this many times longer than the previous one
     min_lr: float = 1e-6
     # Keep the weights at the end of every cosine cycle (snapshots/cycle_<k>/) and evaluate them as an
     # ensemble at the end of training (Huang et al. 2017, "Snapshot ensembles: train 1, get M for free").
     snapshot_ensemble: bool = False
 
+    def __post_init__(self) -> None:
+        check_at_least("schedule", self, 1, ("budget_steps",))
+        if self.snapshot_ensemble and self.name != "restarts":
+            raise ValueError("schedule.snapshot_ensemble needs cycles to snapshot: set schedule.name=restarts")
+        if self.cycle_epochs <= 0 or self.cycle_mult < 1:
+            raise ValueError(
+                f"schedule.cycle_epochs must be > 0 and schedule.cycle_mult >= 1, "
+                f"got {self.cycle_epochs} and {self.cycle_mult}"
+            )
+
 
 @dataclass
 class LossConfig:
+    """Cross-entropy with label smoothing and a remedy for rare classes (emotionnet/train/loss.py)."""
+
     label_smoothing: float = 0.1
-    # "balanced": weight class c by N / (K * n_c) from the training split's counts (Disgust is rare).
-    class_weights: Literal["none", "balanced"] = "none"
+    # Per-class loss weights from the training split's counts n_c: "balanced" N / (K * n_c) (Disgust
+    # x9.4 on FER2013), "sqrt" its square root (x3.1), scaled so that the average sample weighs 1.
+    class_weights: Literal["none", "balanced", "sqrt"] = "none"
+    # Logit adjustment (Menon et al. 2021): train on logits + tau * log(class prior), predict with the
+    # plain logits, which shifts decisions towards rare classes; 1.0 is the balanced softmax. 0 = off.
+    logit_adjustment: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.logit_adjustment < 0:
+            raise ValueError(f"loss.logit_adjustment must be >= 0 (0 turns it off), got {self.logit_adjustment}")
 
 
 @dataclass
@@ -69,7 +99,12 @@ class RunConfig:
     output_dir: str = "outputs"
     run_name: str | None = None  # default: <model>-<precision>-<world size>x-<timestamp>
     num_epochs: int = 30
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests, benchmarks)
+    # Stop after this many optimizer steps (smoke tests, benchmarks); the schedule keeps its length.
+    max_steps: int | None = None
+    # Train for this many minutes (per-epoch validation included) instead of run.num_epochs: the
+    # warm-up is timed, the step count that fits is fixed then and kept across resumes, and the cosine
+    # ends on the last step.
+    time_budget_min: float | None = None
     # None: take it from `accelerate launch` / its config; "off" is the seed command's spelling of "no".
     mixed_precision: Literal["no", "off", "bf16", "fp16"] | None = None
     seed: int = 42
@@ -90,6 +125,8 @@ class RunConfig:
         check_at_least("run", self, 1, ("num_epochs", "max_steps", "log_every_steps", "dist_timeout_s"))
         if self.run_name is not None and (problem := run_name_problem(self.run_name)):
             raise ValueError(f"run.run_name: {problem}")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise ValueError(f"run.time_budget_min must be > 0 minutes, got {self.time_budget_min}")
 
 
 @dataclass
@@ -128,3 +165,12 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.run.time_budget_min is not None and self.schedule.name != "cosine":
+            raise ValueError(
+                "run.time_budget_min ends one cosine on time; it needs schedule.name=cosine, "
+                f"not {self.schedule.name!r}"
+            )
+        if self.run.time_budget_min is not None and self.schedule.budget_steps is not None:
+            raise ValueError("set one run length: run.time_budget_min or schedule.budget_steps, not both")

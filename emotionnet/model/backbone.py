@@ -86,7 +86,10 @@ class Backbone(nn.Module):
     grayscale="stem" replaces the 3-channel stem conv by a 1-channel one (pretrained RGB stem weights
     are summed over the input channels, which is exact for a gray image replicated to RGB);
     grayscale="repeat" keeps the RGB stem and repeats the channel. The output stride is reduced from
-    B0's natural value by setting the stem's stride to 1 first, then the last kept stride-2 stage's.
+    B0's natural value by setting a stride-2 conv's stride to 1: stride_reduction="stem" takes the
+    stem's first, then the last kept stride-2 stage's (every stage runs at twice the resolution: 4x
+    the FLOPs); "late" takes the last stage's first, then the stem's (only the stages from the last
+    stride-2 one on run at twice the resolution).
     The 1280-wide final 1x1 conv of B0 is dropped: it only serves ImageNet's classifier.
     """
 
@@ -97,10 +100,13 @@ class Backbone(nn.Module):
         grayscale: str = "stem",
         pretrained: str | None = None,
         drop_path: float = 0.2,
+        stride_reduction: str = "stem",
     ) -> None:
         super().__init__()
         if grayscale not in ("stem", "repeat"):
             raise ValueError(f"grayscale must be 'stem' or 'repeat', got {grayscale!r}")
+        if stride_reduction not in ("stem", "late"):
+            raise ValueError(f"stride_reduction must be 'stem' or 'late', got {stride_reduction!r}")
         if not 1 <= stages <= NUM_STAGES:
             raise ValueError(f"backbone stages must be in 1..{NUM_STAGES}, got {stages}")
         if output_stride not in supported_output_strides(stages):
@@ -111,10 +117,13 @@ class Backbone(nn.Module):
         self.repeat_gray = grayscale == "repeat"
         self.out_channels = STAGE_CHANNELS[stages - 1]
         features = efficientnet_b0(stochastic_depth_prob=drop_path).features[: stages + 1]
-        # Strides to drop, in order: the stem, then the last stride-2 stage among the kept ones.
+        # Strides to drop, in order: the stem, then the last stride-2 stage among the kept ones ("late":
+        # the other way round).
         stride_convs = [features[0][0]] + [
             features[s][0].block[1][0] for s in _STRIDE2_STAGES if s <= stages
         ][-1:]
+        if stride_reduction == "late":
+            stride_convs.reverse()
         reductions = (_natural_stride(stages) // output_stride).bit_length() - 1
         for conv in stride_convs[:reductions]:
             conv.stride = (1, 1)

@@ -12,7 +12,7 @@ from torch import nn
 
 from emotionnet.model.attention import ChannelAttention, SpatialSelfAttention
 from emotionnet.model.backbone import Backbone, feature_map_size
-from emotionnet.model.encoder import TransformerEncoder
+from emotionnet.model.encoder import READOUTS, TransformerEncoder
 from emotionnet.model.head import ClassifierHead
 
 
@@ -24,6 +24,7 @@ class ModelConfig:
     grayscale: str = "stem"  # "stem": 1-channel stem conv; "repeat": gray copied to RGB
     backbone_stages: int = 5  # EfficientNet-B0 MBConv stages kept (1..7)
     output_stride: int = 8  # backbone downsampling; 48 px / 8 = 6x6 map
+    stride_reduction: str = "late"  # below B0's stride 16: "late" stages at 2x resolution, or "stem": all
     pretrained: str | None = None  # None, "imagenet" (torch hub cache) or a state-dict path
     backbone_drop_path: float = 0.2  # torchvision's stochastic depth over the MBConv blocks
     channel_attention: bool = True
@@ -39,6 +40,10 @@ class ModelConfig:
     head_hidden: int = 256
     head_dropout: float = 0.3
     num_classes: int = 7
+    # Initial LayerScale gain of every added stage's residual branch (channel gate, spatial attention,
+    # transformer layers and readout): each starts as (near) identity. null: no gains, full strength.
+    layer_scale: float | None = 0.01
+    readout: str = "pooled"  # "pooled": pooled CNN map + gained transformer output; "cls": class token
 
     def __post_init__(self) -> None:
         # YAML and CLI overrides arrive untyped: reject wrong types here in one sentence.
@@ -66,24 +71,37 @@ class ModelConfig:
         for name in ("backbone_drop_path", "dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.layer_scale is not None and self.layer_scale < 0:
+            raise ValueError(f"model.layer_scale must be >= 0 or null, got {self.layer_scale}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"model.readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+
+
+# What an export description written before a field existed means: the architecture it was trained
+# with (stem stride reduction, no LayerScale gains, class-token readout). New exports name every field.
+LEGACY_DEFAULTS = {"stride_reduction": "stem", "layer_scale": None, "readout": "cls"}
 
 
 class EmotionNet(nn.Module):
     """Facial emotion classifier: (B, 1, input_size, input_size) normalized faces -> (B, num_classes) logits.
 
-    Why the default is 48 px, output stride 8, backbone stages 1-5 (0.14 GFLOPs/image, 1.6M params):
-    EfficientNet-B0 downsamples by 32, so a native 48x48 face ends as a 2x2 map - nothing left for
-    spatial attention to choose between. Setting the stem's stride to 1 keeps the 48 px input and
-    gives a 6x6 map after stage 5 (stride 8) at exactly the cost of upsampling the face to 96 px,
-    without inventing pixels or quadrupling the data pipeline's work. Stages 6-7 hold 2.7M of the
-    backbone's 3.6M parameters and, run at 6x6, would more than double the cost (0.33 GFLOPs/image,
-    4.7M params; about 55% of the default's CPU training throughput); the transformer encoder takes
-    over their job (global context over the 36 positions). Measured with 2 CPU threads, batch 64,
-    channels_last: ~170 training images/s, about 3 minutes per FER2013 training epoch.
-    `emotionnet-summary` prints the per-stage parameters and FLOPs of any configuration.
+    Backbone: EfficientNet-B0 stages 1-5 (112 channels). At 48 px B0's own stride (16) leaves a 3x3
+    map; output stride 8 gives the attention stages a 6x6 map to attend over. stride_reduction="late"
+    gets it by dropping the stride of stage 4 (only stages 4-5 run at 2x resolution: 0.106 GFLOPs per
+    image for the full model vs 0.034 at stride 16), "stem" by dropping the stem's (everything at 2x:
+    0.137 GFLOPs). Stages 6-7 hold 2.7M of B0's 3.6M parameters and would more than double the cost;
+    the transformer encoder takes over their job (global context over the map's positions).
+
+    Every added stage is a residual branch whose LayerScale gains start at `layer_scale` (default 0.01):
+    the channel gate scales by 1 + gamma * tanh(.), the spatial attention and transformer layers add
+    gamma * branch, and the readout adds a gained projection of the transformer's mean token to the
+    average-pooled CNN map. At initialisation the full model is therefore (nearly) the backbone + pooling
+    + head that learns fastest from scratch, and each stage grows only as far as it helps. layer_scale
+    null with readout "cls" is the previous architecture (sigmoid gate, full-strength branches, class
+    token), kept for exported models that predate the gains.
 
     Every stage after the backbone can be switched off; without the transformer the map is
-    average-pooled into the head.
+    average-pooled into the head. `emotionnet-summary` prints the per-stage parameters and FLOPs.
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -95,15 +113,16 @@ class EmotionNet(nn.Module):
             grayscale=config.grayscale,
             pretrained=config.pretrained,
             drop_path=config.backbone_drop_path,
+            stride_reduction=config.stride_reduction,
         )
         channels = self.backbone.out_channels
         self.channel_attention = (
-            ChannelAttention(channels, config.channel_reduction)
+            ChannelAttention(channels, config.channel_reduction, config.layer_scale)
             if config.channel_attention
             else nn.Identity()
         )
         self.spatial_attention = (
-            SpatialSelfAttention(channels, config.spatial_heads, config.dropout)
+            SpatialSelfAttention(channels, config.spatial_heads, config.dropout, config.layer_scale)
             if config.spatial_attention
             else nn.Identity()
         )
@@ -116,8 +135,10 @@ class EmotionNet(nn.Module):
                 heads=config.heads,
                 mlp_ratio=config.mlp_ratio,
                 dropout=config.dropout,
+                layer_scale=config.layer_scale,
+                readout=config.readout,
             )
-            features = config.d_model
+            features = self.encoder.out_features
         else:
             self.encoder = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
             features = channels

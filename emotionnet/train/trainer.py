@@ -50,8 +50,15 @@ from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.checkpoint import CheckpointManager
 from emotionnet.train.ema import WeightEMA
+from emotionnet.train.loss import Criterion
 from emotionnet.train.metrics_log import MetricsLog
-from emotionnet.train.optim import create_optimizer, create_scheduler, cycle_end_steps
+from emotionnet.train.optim import (
+    EVAL_COST_PER_IMAGE,
+    create_optimizer,
+    create_scheduler,
+    cycle_end_steps,
+    steps_within_budget,
+)
 from emotionnet.train.progress import TrainerProgress
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,8 @@ log = logging.getLogger(__name__)
 # from the same reduced step time), and at every log, snapshot and checkpoint step. One process acts on a
 # stop request at the next step.
 AGREE_EVERY_S = 1.0
+# A time-budgeted run times its pace over the last three quarters of the warm-up (at least this many steps).
+MIN_CALIBRATION_STEPS = 20
 
 
 class NonFiniteLossError(RuntimeError):
@@ -176,7 +185,7 @@ class Trainer:
             augment=sampler,
         )
         val_loader = self._eval_loader(splits["validation"])
-        self.class_weights = self._class_weights()
+        self.criterion = Criterion(cfg.loss, class_counts(splits["train"]), accelerator.device)
 
         optimizer = create_optimizer(model, cfg.optim, fused=accelerator.device.type == "cuda")
         steps_per_epoch = len(train_loader) // (accelerator.num_processes * cfg.optim.grad_accum_steps)
@@ -185,16 +194,18 @@ class Trainer:
                 f"the training split ({len(splits['train'])} rows) is smaller than one global batch "
                 f"({cfg.data.batch_size} x {accelerator.num_processes} processes x {cfg.optim.grad_accum_steps})"
             )
-        scheduler = create_scheduler(optimizer, cfg.schedule, steps_per_epoch)
+        schedule_steps = self._schedule_steps(steps_per_epoch)
+        scheduler = create_scheduler(optimizer, cfg.schedule, steps_per_epoch, schedule_steps)
+        self.lr_schedule = scheduler.lr_lambdas[0]
         self._configure_deepspeed()
         self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = accelerator.prepare(
             model, optimizer, train_loader, val_loader, scheduler
         )
         self.checkpoints.json_state["progress"] = self.progress
         self.steps_per_epoch = len(self.train_loader) // cfg.optim.grad_accum_steps
-        self.total_steps = self.steps_per_epoch * cfg.run.num_epochs
-        if cfg.run.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.run.max_steps)
+        # run.max_steps stops the run early without reshaping its schedule.
+        self.total_steps = min(schedule_steps or math.inf, cfg.run.max_steps or math.inf)
+        self.calibration_step = max(cfg.schedule.warmup_steps, MIN_CALIBRATION_STEPS)
         self.ema = self._build_ema()
         self.batch_mixing = build_batch_mixing(cfg.augment, cfg.model.num_classes)
         self.snapshot_steps = self._snapshot_steps()
@@ -250,12 +261,6 @@ class Trainer:
         """What validation, exports and snapshots use: the EMA weights when kept, else the model."""
         return self.ema.module if self.ema is not None else self.model
 
-    def _class_weights(self) -> torch.Tensor | None:
-        if self.cfg.loss.class_weights == "none":
-            return None
-        counts = torch.tensor(class_counts(self.splits["train"]), dtype=torch.float32).clamp(min=1)
-        return (counts.sum() / (len(counts) * counts)).to(self.accelerator.device)
-
     def _configure_deepspeed(self) -> None:
         """Fill the DeepSpeed JSON's `auto` clipping value from the training config."""
         plugin = self.accelerator.state.deepspeed_plugin
@@ -278,6 +283,7 @@ class Trainer:
         the run will redo, or an earlier attempt's that never saved a checkpoint."""
         if checkpoint is not None:
             self.checkpoints.load(checkpoint)
+            self._restore_schedule_length()
         if self.sample_log is not None:
             self.sample_log.truncate_after(self.progress.step)
         if self.accelerator.is_main_process:
@@ -290,12 +296,65 @@ class Trainer:
                     dropped,
                 )
 
+    def _schedule_steps(self, steps_per_epoch: int) -> int | None:
+        """The run's length, where its cosine ends: schedule.budget_steps or run.num_epochs; None for a
+        time-budgeted run, which fixes it after the warm-up (_calibrate_budget)."""
+        if self.cfg.run.time_budget_min is not None:
+            return None
+        return self.cfg.schedule.budget_steps or steps_per_epoch * self.cfg.run.num_epochs
+
+    def _restore_schedule_length(self) -> None:
+        """After a resume: a time-budgeted run keeps the step count its calibration fixed (so the resumed
+        run continues the same curve); any other run takes this launch's budget_steps / num_epochs."""
+        if self.cfg.run.time_budget_min is None:
+            self.lr_schedule.total_steps = self._schedule_steps(self.steps_per_epoch)
+        elif self.lr_schedule.total_steps is not None:
+            self.total_steps = min(self.lr_schedule.total_steps, self.cfg.run.max_steps or math.inf)
+
+    def _calibrate_budget(self, bar: tqdm) -> None:
+        """Time-budgeted runs: time the warm-up's steps, then fix how many steps fit in the budget.
+
+        Every rank reduces the same (slowest) pace and elapsed time, so all fix the same count; it is
+        saved with the schedule in every checkpoint, and a resumed run never recalibrates.
+        """
+        p, acc = self.progress, self.accelerator
+        if p.step == self.calibration_step // 4:  # the first steps are slower (allocations, warm caches)
+            self._pace_mark = (p.step, time.perf_counter())
+        if p.step < self.calibration_step:
+            return
+        mark_step, mark_time = self._pace_mark
+        now = time.perf_counter()
+        local = torch.tensor(
+            [(now - mark_time) / max(p.step - mark_step, 1), now - self._fit_started], device=acc.device
+        )
+        seconds_per_step, elapsed = acc.reduce(local, reduction="max").tolist()
+        global_batch = self.cfg.data.batch_size * acc.num_processes * self.cfg.optim.grad_accum_steps
+        eval_s = EVAL_COST_PER_IMAGE * len(self.splits["validation"]) / global_batch * seconds_per_step
+        budget_s = self.cfg.run.time_budget_min * 60
+        total = steps_within_budget(budget_s, elapsed, p.step, seconds_per_step, self.steps_per_epoch, eval_s)
+        self.lr_schedule.total_steps = total
+        self.total_steps = min(total, self.cfg.run.max_steps or math.inf)
+        bar.total = self.total_steps
+        bar.refresh()
+        if acc.is_main_process:
+            log.info(
+                "time budget %.1f min: %.3f s/step over steps %d-%d (+%.0f s per validation) -> %d steps "
+                "(%.1f epochs), fixed for this run and its resumes",
+                self.cfg.run.time_budget_min,
+                seconds_per_step,
+                mark_step,
+                p.step,
+                eval_s,
+                total,
+                total / self.steps_per_epoch,
+            )
+
     # ---- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> ExitCode:
         """Train to the end (OK) or until a stop signal (checkpoints, returns PREEMPTED)."""
         bar = tqdm(
-            total=self.total_steps,
+            total=self.total_steps if self.total_steps < math.inf else None,
             initial=self.progress.step,
             disable=not self.accelerator.is_main_process,
             desc="train",
@@ -316,6 +375,8 @@ class Trainer:
             callback.on_start(self)
         window = _Window(acc.device)
         clock = _SyncClock(p.step)
+        self._fit_started = time.perf_counter()
+        self._pace_mark = (p.step, self._fit_started)  # (step, time) the budget's pace is timed from
         nonfinite_at = torch.full((), -1, dtype=torch.long, device=acc.device)
         while p.step < self.total_steps:
             self.train_loader.set_epoch(p.epoch)  # shuffling order
@@ -342,6 +403,8 @@ class Trainer:
                     continue
                 p.step += 1
                 bar.update(1)
+                if self.lr_schedule.total_steps is None:
+                    self._calibrate_budget(bar)
                 step_t = torch.tensor(p.step, device=acc.device)
                 nonfinite_at = torch.where(
                     ~torch.isfinite(loss.detach()) & (nonfinite_at < 0), step_t, nonfinite_at
@@ -420,12 +483,7 @@ class Trainer:
         grad_norm = None
         with acc.accumulate(self.model):
             logits = self.model(images)
-            loss = F.cross_entropy(
-                logits.float(),
-                targets,
-                weight=self.class_weights,
-                label_smoothing=self.cfg.loss.label_smoothing,
-            )
+            loss = self.criterion(logits, targets)
             acc.backward(loss)
             if acc.sync_gradients:
                 grad_norm = self._clip_gradients()
