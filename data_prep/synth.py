@@ -20,7 +20,7 @@ noise. Labels are drawn uniformly per row, independent of the row's position and
 mean brightness lies within a quarter of a standard deviation (over faces) of the overall mean.
 
 A linear classifier on the pixels gets about half of the faces right (chance: 1/7); the demo's EmotionNet
-(`make demo`) reaches over 80 % validation accuracy. Rows: the first 80 % Training, then 10 % PublicTest
+(`make demo`, 5 epochs on 2400 faces) about 95 %. Rows: the first 80 % Training, then 10 % PublicTest
 and 10 % PrivateTest, like the original file. Output is a function of (rows, seed) only; it is generated
 and written in chunks.
 """

@@ -59,7 +59,7 @@ def test_cli_writes_the_csv(tmp_path, capsys):
 
 def test_classes_are_learnable_but_not_trivially():
     """A linear classifier (ridge regression on 24x24 downsampled pixels) beats chance (1/7) clearly, yet is
-    far from perfect: pose, lighting and noise hide the class. (A small CNN does better, see the report.)"""
+    far from perfect: pose, lighting and noise hide the class (the demo's EmotionNet gets ~0.95)."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, NUM_CLASSES, 2000)
     faces = render_faces(labels, rng).astype(np.float32) / 255
@@ -70,7 +70,7 @@ def test_classes_are_learnable_but_not_trivially():
     gram = features[train].T @ features[train] + 10.0 * np.eye(features.shape[1], dtype=np.float32)
     weights = np.linalg.solve(gram, features[train].T @ one_hot)
     accuracy = ((features[held_out] @ weights).argmax(1) == labels[held_out]).mean()
-    assert 0.35 < accuracy < 0.85, accuracy
+    assert 0.4 < accuracy < 0.7, accuracy  # 0.55 with this seed
 
 
 @pytest.fixture(scope="module")
