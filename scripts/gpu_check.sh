@@ -171,18 +171,13 @@ check_bench_augment() {
 check_recipe() {  # check_recipe BUDGET_S
   [[ -f $DATA/manifest.json ]] || skip "no prepared data (the data check failed)"
   if [[ $MODE == cpu ]]; then
-    # The same driver on the tiny test model: exercises planning, metrics, bundling and the tar.
-    "$PYTHON" scripts/gpu_recipe.py --data "$DATA" --work "$WORK" --out "$OUT" --budget-s "$1" --img-s 40 \
+    # The same driver on the tiny test model: exercises the run, the figures, bundling and the tar.
+    "$PYTHON" scripts/gpu_recipe.py --data "$DATA" --work "$WORK" --out "$OUT" --budget-s "$1" \
       --figures "$WORK/figures/recipe.json" --config tests/configs/tiny.yaml run.max_steps=4 data.num_workers=0
     return
   fi
   [[ $(cat "$WORK/data_source") == "$WORK/synth.csv" ]] && skip "no FER2013 data: no kit and no FER_CSV"
-  # Images/s for planning: the batch-8 bf16 eager benchmark, else a conservative guess.
-  local img_s
-  img_s=$("$PYTHON" -c 'import json,sys
-c = {c["name"]: c for c in json.load(open(sys.argv[1]))["checks"]}
-print(c.get("bench_gpu_b8", {}).get("figures", {}).get("b8_bf16_eager", {}).get("img_s") or 1500)' "$JSON")
-  "$PYTHON" scripts/gpu_recipe.py --data "$DATA" --work "$WORK" --out "$OUT" --budget-s "$1" --img-s "$img_s" \
+  "$PYTHON" scripts/gpu_recipe.py --data "$DATA" --work "$WORK" --out "$OUT" --budget-s "$1" \
     --figures "$WORK/figures/recipe.json" "data.num_workers=$(($(nproc) > 9 ? 8 : 2))"
 }
 export -f skip have_cuda report figures check_install check_data check_pytest check_bench_gpu check_bench_augment \
