@@ -149,10 +149,13 @@ check_pytest() {
 }
 
 check_bench_gpu() {  # check_bench_gpu NAME BATCH
-  local args=(--precisions bf16 --channels-last off --compile eager,default,reduce-overhead --steps 50 --warmup 10)
-  # QUICK=1: one compilation (CUDA graphs, the fastest mode) instead of two.
-  [[ $MODE == quick ]] && args=(--precisions bf16 --channels-last off --compile eager,reduce-overhead --steps 50 --warmup 10)
-  if [[ $MODE == cpu ]]; then args=(--cpu --precisions bf16 --channels-last off --steps 1 --warmup 1); fi
+  # The model step and the full training step (loader tensors -> device augmentation -> step).
+  local args=(--precisions bf16 --channels-last off --steps 50 --warmup 10)
+  case $MODE in
+    full) args+=(--compile eager,default,reduce-overhead --full-step eager,reduce-overhead) ;;
+    quick) args+=(--compile eager,reduce-overhead --full-step eager,reduce-overhead) ;;  # fewer compilations
+    cpu) args=(--cpu --precisions bf16 --channels-last off --compile eager --full-step eager --steps 1 --warmup 1) ;;
+  esac
   "$PYTHON" -m benchmarks.bench_gpu --batch-sizes "$2" "${args[@]}" | tee "$WORK/$1.txt"
   local rc=${PIPESTATUS[0]}
   figures bench-gpu "$WORK/$1.txt" > "$WORK/figures/$1.json"
@@ -161,8 +164,9 @@ check_bench_gpu() {  # check_bench_gpu NAME BATCH
 
 check_bench_augment() {
   [[ -f benchmarks/bench_augment.py ]] || skip "benchmarks/bench_augment.py not present"
-  [[ $MODE == cpu ]] && skip "CPU dry mode: bench_augment runs on the GPU run only"
-  "$PYTHON" -m benchmarks.bench_augment | tee "$WORK/bench_augment.txt"
+  local args=(--doc "")  # print only: docs/benchmarks.md is updated by hand from the JSON
+  [[ $MODE == cpu ]] && args+=(--device cpu --batch-sizes 8 --rounds 1 --seconds 0.05)
+  "$PYTHON" -m benchmarks.bench_augment "${args[@]}" | tee "$WORK/bench_augment.txt"
   local rc=${PIPESTATUS[0]}
   figures last-json "$WORK/bench_augment.txt" > "$WORK/figures/bench_augment.json"
   return "$rc"
