@@ -152,6 +152,16 @@ def test_a_checkpoint_pickle_that_is_not_plain_data_is_refused(outputs, tmp_path
     assert not marker.exists(), "unpickling the checkpoint ran code"
 
 
+def test_a_deepspeed_file_that_is_not_plain_data_is_refused(outputs, tmp_path):
+    """DeepSpeed loads its own *.pt files with weights_only=False: they must pass the restricted unpickler."""
+    marker = tmp_path / "code-ran"
+    (step_dir(outputs, 4) / "pytorch_model").mkdir()
+    plant(step_dir(outputs, 4), "pytorch_model/mp_rank_00_model_states.pt", marker)
+    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt is not plain tensor data, refused"):
+        verify_checkpoint(step_dir(outputs, 4), num_processes=1)
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+
+
 # ---- 7: one live run per run directory ----------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import RNG_STATE_NAME
 from accelerate.utils import load as torch_load_plain_data
@@ -127,9 +128,20 @@ def verify_checkpoint(path: Path, num_processes: int) -> None:
         if name not in files:
             raise CheckpointError(f"no random-number state for process {index} ({name})")
         _require_plain_data(path / name)
-    for name in files:
-        if name.endswith(".pt"):  # DeepSpeed's files: DeepSpeed loads them with weights_only=False
-            _require_plain_data(path / name)
+    if deepspeed_files := [name for name in files if name.endswith(".pt")]:
+        # DeepSpeed unpickles these with weights_only=False: they must pass the restricted unpickler first.
+        with torch.serialization.safe_globals(_deepspeed_value_types()):
+            for name in deepspeed_files:
+                _require_plain_data(path / name)
+
+
+def _deepspeed_value_types() -> list[type]:
+    """The value types DeepSpeed pickles into its checkpoints besides tensors (imported only for them)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 def _require_plain_data(file: Path) -> None:
