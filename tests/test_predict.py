@@ -104,7 +104,7 @@ def test_folder_annotations_and_unreadable_files(capsys, tmp_path, model, photo,
     code = main(["--model", str(model), str(folder), "--annotate", str(out), "--no-progress"])
     text = capsys.readouterr().out
     assert code == 2  # one file could not be read; the others were still classified
-    assert f"{folder / 'broken.jpg'}: error: not an image OpenCV can read" in text
+    assert f"{folder / 'broken.jpg'}: error: not an image file that can be read" in text
     assert f"{folder / 'gradient.png'}: no face found" in text
     assert f"{folder / 'sub' / 'portrait.jpg'}: face 1 (x=" in text
     assert f"{folder / 'crop.png'}: face 1 (whole image)" in text

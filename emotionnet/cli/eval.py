@@ -11,6 +11,7 @@ from pathlib import Path
 
 from data_prep.records import PrepError
 from data_prep.schema import SPLITS
+from emotionnet.config.schema import TrackingConfig
 from emotionnet.data.loaders import DatasetNotPreparedError
 from emotionnet.data.transforms import TTA_MODES
 from emotionnet.evaluation.evaluate import (
@@ -27,6 +28,8 @@ from emotionnet.evaluation.plots import confusion_matrix_figure, save_figure
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.exit_codes import ExitCode, exit_codes_help
 from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, ModelLoadError, pick_device
+from emotionnet.tracking.mlflow_tracker import short_http_retries
+from emotionnet.tracking.redact import redact_text
 
 PROG = "emotionnet-eval"
 
@@ -82,6 +85,8 @@ def run(args: argparse.Namespace) -> tuple[dict, EvalResult, tuple[str, ...]]:
     *model_specs, data = args.paths
     progress = not args.no_progress
     check_data_path(data)
+    if args.mlflow_run_id:
+        short_http_retries(TrackingConfig())  # a dead server: seconds, not MLflow's minutes of retries
     logger = MlflowRunLogger(args.mlflow_run_id) if args.mlflow_run_id else None
     ensemble = Ensemble.load(model_specs, pick_device(args.device))
     with tempfile.TemporaryDirectory(prefix="emotionnet-eval-") as workdir:  # a CSV's prepared copy
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary, outcome, names = run(args)
     except (EvalInputError, ModelLoadError, DatasetNotPreparedError, PrepError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {redact_text(str(err))}", file=sys.stderr)  # MLflow errors carry URLs
         return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ from emotionnet.data.transforms import TTA_MODES
 from emotionnet.exit_codes import ExitCode, exit_codes_help
 from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, ModelLoadError, pick_device
 from emotionnet.inference.predict import ImageResult, PredictInputError, predict
+from emotionnet.tracking.redact import redact_text
 
 PROG = "emotionnet-predict"
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             args.paths, ensemble, not args.no_detect, args.tta, args.annotate, not args.no_progress
         )
     except (PredictInputError, ModelLoadError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {redact_text(str(err))}", file=sys.stderr)  # MLflow errors carry URLs
         return ExitCode.BAD_INPUT
     except OSError as err:  # the annotated images' folder
         print(

@@ -3,10 +3,17 @@
 Faces are found with OpenCV's bundled Haar cascade (no download), cropped with a small margin, turned
 into 48x48 grayscale like FER2013 and classified. A 48x48 image is taken to be a FER crop already and
 is classified whole, as is every image with `--no-detect`.
+
+Memory stays bounded whatever the files claim: an image's size is read from its header (Pillow, no
+pixels decoded) and one over MAX_IMAGE_PIXELS is refused with a per-file error before decoding (a PNG
+of a few hundred KB can hold 20000x20000 pixels); faces are searched in a copy downscaled to at most
+DETECT_MAX_PIXELS (the cascade's memory and time grow with the pixels searched) and cropped from the
+full image; images are decoded one at a time and not kept.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -17,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from data_prep.schema import IMAGE_SIZE
@@ -27,10 +35,17 @@ CASCADE_NAME = "haarcascade_frontalface_default.xml"
 FACE_MARGIN = 0.1  # of the detected box's side, added on each side: Haar boxes cut the chin and brow
 MIN_FACE_PX = 30  # smaller detections are mostly false positives, and too blurry to classify anyway
 BATCH_SIZE = 64
+MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused (decoded as BGR: 150 MB at the limit)
+NOT_AN_IMAGE = "not an image file that can be read"
+DETECT_MAX_PIXELS = 4_000_000  # faces are searched in a copy downscaled to this (a 2449x1633 photo)
 
 
 class PredictInputError(ValueError):
     """Bad paths or a missing face detector; the message is one sentence for the user."""
+
+
+class ImageReadError(ValueError):
+    """One image cannot be used (reported for that file; the others are still classified)."""
 
 
 @dataclass
@@ -96,24 +111,57 @@ def collect_images(paths: Sequence[str]) -> list[Path]:
     return found
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """The image as 8-bit BGR, or None when it is not an image OpenCV can decode."""
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header; Pillow decodes no pixels to answer."""
+    # Pillow's own decompression-bomb check would refuse a huge image without saying how big it is;
+    # MAX_IMAGE_PIXELS is checked by the caller, with the size in the message.
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as err:  # what Pillow raises for files it cannot parse
+        raise ImageReadError(NOT_AN_IMAGE) from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image as 8-bit BGR; ImageReadError when it is over MAX_IMAGE_PIXELS or cannot be decoded."""
+    width, height = image_size(path)
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            f"{width}x{height} pixels ({width * height / 1e6:.0f} MP) is over the limit of "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP; downscale the image first"
+        )
     try:
         data = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except OSError as err:
+        raise ImageReadError(f"cannot read the file ({err.strerror or err})") from err
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise ImageReadError(NOT_AN_IMAGE)
+    return bgr
 
 
-def find_faces(bgr: np.ndarray, detector: FaceDetector | None) -> tuple[list[Face], list[np.ndarray]]:
-    """The faces of one image and their 48x48 crops; without a detector the whole image is the face."""
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+def find_faces(gray: np.ndarray, detector: FaceDetector | None) -> tuple[list[Face], list[np.ndarray]]:
+    """The faces of one grayscale image and their 48x48 crops; without a detector the whole image is the
+    face. Faces are searched in a copy of at most DETECT_MAX_PIXELS; boxes are in the image's pixels."""
     height, width = gray.shape
     if detector is None or (height, width) == (IMAGE_SIZE, IMAGE_SIZE):
         whole = cv2.resize(gray, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
         return [Face((0, 0, width, height), detected=False)], [whole]
-    boxes = detector.detect(gray)
+    scale = min(1.0, math.sqrt(DETECT_MAX_PIXELS / (height * width)))
+    searched = (
+        gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    )
+    boxes = [_clip(tuple(round(v / scale) for v in box), width, height) for box in detector.detect(searched)]
     return [Face(box, detected=True) for box in boxes], [crop_face(gray, box) for box in boxes]
+
+
+def _clip(box: tuple[int, ...], width: int, height: int) -> tuple[int, int, int, int]:
+    """A box scaled back to the image, kept inside it (rounding can push it a pixel out)."""
+    x, y, w, h = box
+    return x, y, min(w, width - x), min(h, height - y)
 
 
 def classify(ensemble: Ensemble, crops: list[np.ndarray], tta: str, progress: bool) -> torch.Tensor:
@@ -186,17 +234,16 @@ def predict(
     files = collect_images(paths)
     detector = FaceDetector() if detect else None
     results: list[ImageResult] = []
-    images: list[np.ndarray | None] = []
     crops: list[np.ndarray] = []
     for path in tqdm(
         files, desc="detect", unit="image", disable=not progress or len(files) < 2, file=sys.stderr
     ):
-        bgr = read_image(path)
-        images.append(bgr)
-        if bgr is None:
-            results.append(ImageResult(str(path), error="not an image OpenCV can read"))
+        try:
+            gray = cv2.cvtColor(read_image(path), cv2.COLOR_BGR2GRAY)
+        except ImageReadError as err:
+            results.append(ImageResult(str(path), error=str(err)))
             continue
-        faces, face_crops = find_faces(bgr, detector)
+        faces, face_crops = find_faces(gray, detector)
         results.append(ImageResult(str(path), faces))
         crops += face_crops
     probabilities = iter(classify(ensemble, crops, tta, progress).tolist())
@@ -208,7 +255,9 @@ def predict(
     if annotate_dir is not None:
         annotate_dir.mkdir(parents=True, exist_ok=True)
         taken: set[Path] = set()
-        for path, bgr, result in zip(files, images, results, strict=True):
-            if bgr is not None:
-                write_image_atomic(annotated_path(annotate_dir, path, taken), annotate(bgr, result.faces))
+        for path, result in zip(files, results, strict=True):
+            if result.error is None:  # decoded again, one at a time: images are not kept in memory
+                write_image_atomic(
+                    annotated_path(annotate_dir, path, taken), annotate(read_image(path), result.faces)
+                )
     return results

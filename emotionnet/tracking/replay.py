@@ -114,9 +114,17 @@ def _create_run(layout: RunLayout, tracking_uri: str | None) -> tuple[RunRecord,
     in this run. It is KILLED until a finished training's replay marks it FINISHED."""
     import mlflow
 
-    cfg = _run_config(layout, tracking_uri)
+    cfg = _run_config(layout)
+    if tracking_uri:  # where the run goes; its params keep the config it was trained with
+        tracking = dataclasses.replace(cfg.tracking, uri=tracking_uri)
+    elif cfg.tracking.uri and REDACTED in cfg.tracking.uri:
+        raise ReplayError(
+            f"{layout.config}: tracking.uri held credentials, which are not recorded; pass --tracking-uri"
+        )
+    else:
+        tracking = cfg.tracking
     try:
-        target = connect(cfg.tracking, layout.root.parent, hint="start the server or pass --tracking-uri")
+        target = connect(tracking, layout.root.parent, hint="start the server or pass --tracking-uri")
     except TrackingError as err:
         raise ReplayError(f"{layout.root} was never tracked, and {err}") from err
     tags = {
@@ -145,7 +153,7 @@ def _log_missing_model(layout: RunLayout, uri: str, run) -> None:
 
     if MODEL_URI_TAG in run.data.tags or not layout.best.is_dir():
         return
-    tracking = _run_config(layout, uri).tracking
+    tracking = _run_config(layout).tracking
     if not tracking.log_model:
         return
     mlflow.set_tracking_uri(uri)
@@ -178,20 +186,13 @@ def _upload(client, run_id: str, layout: RunLayout, existing: dict[str, set[int]
     return len(missing), present
 
 
-def _run_config(layout: RunLayout, tracking_uri: str | None) -> TrainConfig:
-    """The run's resolved config.yaml, with tracking.uri set to `tracking_uri` when given."""
+def _run_config(layout: RunLayout) -> TrainConfig:
+    """The run's resolved config.yaml."""
     if not layout.config.is_file():
         raise ReplayError(
             f"{layout.root} has neither {MLFLOW_RECORD} nor {CONFIG}: it is not a training run directory"
         )
     try:
-        cfg = load(TrainConfig, layout.config)
+        return load(TrainConfig, layout.config)
     except (ConfigError, OSError) as err:
         raise ReplayError(f"{layout.config}: {err}") from err
-    if tracking_uri:
-        cfg.tracking = dataclasses.replace(cfg.tracking, uri=tracking_uri)
-    elif cfg.tracking.uri and REDACTED in cfg.tracking.uri:
-        raise ReplayError(
-            f"{layout.config}: tracking.uri held credentials, which are not recorded; pass --tracking-uri"
-        )
-    return cfg
