@@ -94,9 +94,8 @@ def test_happy_and_sad_differ_by_where_the_middle_of_the_mouth_is(faces_by_class
     labels, faces = faces_by_class
     happy_or_sad = np.isin(labels, (CLASS_NAMES.index("happy"), CLASS_NAMES.index("sad")))
     top = 27  # below the nose's tip, above the chin
-    middle = faces[happy_or_sad, top:43, 22:26].mean(
-        axis=2
-    )  # the four middle columns, averaged against noise
+    # The four middle columns, averaged against the pixel noise.
+    middle = faces[happy_or_sad, top:43, 22:26].mean(axis=2)
     lowered = top + middle.argmin(axis=1) > 34
     accuracy = (lowered == (labels[happy_or_sad] == CLASS_NAMES.index("happy"))).mean()
     assert accuracy > 0.75, accuracy  # chance: 0.5; pose and face shape keep it from 1
