@@ -140,8 +140,10 @@ def test_a_pickled_mlflow_model_is_refused_without_unpickling_it(tmp_path, store
         )
     marker.unlink(missing_ok=True)  # logging pickled it, and MLflow may have loaded it back to check it
     uri = f"runs:/{run.info.run_id}/model"
-    with pytest.raises(ModelLoadError, match="is not an EmotionNet MLflow model"):
+    with pytest.raises(ModelLoadError) as refused:
         Ensemble.load([uri], CPU)
+    assert not marker.exists()  # nothing was unpickled
+    assert "is not an EmotionNet MLflow model" in str(refused.value)
     assert eval_main([uri, str(data_dir), "--no-progress"]) == ExitCode.BAD_INPUT
     assert "is not an EmotionNet MLflow model" in error_line(capsys.readouterr().err, "emotionnet-eval")
     assert not marker.exists()
@@ -346,7 +348,8 @@ def test_two_processes_creating_one_new_sqlite_store_at_once_both_get_it(tmp_pat
         for attempt in range(3):
             deadline = time.monotonic() + 300
             while not all((tmp_path / f"ready-{attempt}-{name}").exists() for name in ("a", "b")):
-                assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+                exited = [p.communicate() for p in procs if p.poll() is not None]
+                assert time.monotonic() < deadline and not exited, exited
                 time.sleep(0.01)
             (tmp_path / f"go-{attempt}").touch()
         results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
