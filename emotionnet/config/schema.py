@@ -115,6 +115,9 @@ class RunConfig:
     dist_timeout_s: int = 600  # a rank stuck this long in a collective aborts the whole launch
     log_sample_ids: bool = False  # write each rank's consumed row ids to <run>/samples/ (data-order audit)
     channels_last: bool = False
+    # CPU threads per process (torch.set_num_threads); None: torch's default (all cores). One thread per
+    # process is fastest for small models on a busy or small machine (the demo, 2 CPU processes).
+    num_threads: int | None = None
     # torch.compile through Accelerate: its dynamo plugin (one process, DDP) or DeepSpeed's engine.compile
     # (ZeRO); docs/compile.md says what works with what. "reduce-overhead" adds CUDA graphs.
     compile: bool = False
@@ -122,7 +125,9 @@ class RunConfig:
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # the last two debug tracing
 
     def __post_init__(self) -> None:
-        check_at_least("run", self, 1, ("num_epochs", "max_steps", "log_every_steps", "dist_timeout_s"))
+        check_at_least(
+            "run", self, 1, ("num_epochs", "max_steps", "log_every_steps", "dist_timeout_s", "num_threads")
+        )
         if self.run_name is not None and (problem := run_name_problem(self.run_name)):
             raise ValueError(f"run.run_name: {problem}")
         if self.time_budget_min is not None and self.time_budget_min <= 0:
@@ -139,7 +144,7 @@ class TrackingConfig:
     optional: bool = False  # an unreachable store at start: warn and train untracked instead of failing
     system_metrics: bool = True  # CPU, memory, disk, network, GPU (when nvidia-ml-py is installed)
     system_metrics_interval_s: float = 10.0
-    log_model: bool = True  # log best/ with mlflow.pytorch.log_model at the end of the run
+    log_model: bool = True  # log best/ as the MLflow model (a pyfunc over the safetensors export) at the end
     registered_model_name: str | None = None  # also register the logged model under this name
     registered_model_alias: str | None = None  # e.g. "champion"; needs registered_model_name
     misclassified_max: int = 36  # faces in the misclassified-validation-images grid
