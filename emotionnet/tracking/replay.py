@@ -28,7 +28,7 @@ from pathlib import Path
 from emotionnet.config.loader import ConfigError, load
 from emotionnet.config.schema import TrainConfig
 from emotionnet.inference.export import read_description
-from emotionnet.run_layout import CONFIG, MLFLOW_RECORD, REPORTS, RunLayout
+from emotionnet.run_layout import CONFIG, REPORTS, RunLayout
 from emotionnet.tracking.mlflow_tracker import (
     MODEL_URI_TAG,
     RunRecord,
@@ -66,7 +66,10 @@ def replay(run_dir: Path, tracking_uri: str | None = None) -> ReplayResult:
     redact_mlflow_logs()
     try:
         return _replay(RunLayout(run_dir), tracking_uri)
-    except (MlflowException, OSError) as err:  # the store failed part-way: the next replay sends the rest
+    except ReplayError:
+        raise
+    # The store failed part-way (the next replay sends the rest), or best/ cannot be logged as the model.
+    except (MlflowException, OSError, ValueError) as err:
         raise ReplayError(
             f"replaying {run_dir} into MLflow failed ({error_summary(err)}); run it again when MLflow works"
         ) from err
@@ -189,9 +192,7 @@ def _upload(client, run_id: str, layout: RunLayout, existing: dict[str, set[int]
 def _run_config(layout: RunLayout) -> TrainConfig:
     """The run's resolved config.yaml."""
     if not layout.config.is_file():
-        raise ReplayError(
-            f"{layout.root} has neither {MLFLOW_RECORD} nor {CONFIG}: it is not a training run directory"
-        )
+        raise ReplayError(f"{layout.root} has no {CONFIG}: it is not a training run directory")
     try:
         return load(TrainConfig, layout.config)
     except (ConfigError, OSError) as err:
