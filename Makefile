@@ -15,12 +15,11 @@ install: $(BIN)/python
 	$(PIP) -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) -q -e '.[dev]'
 
-# One compute thread by default: on a 2-core machine that other processes are using, torch's two threads wait
-# on each other at every op (a demo step took 7 s instead of 0.45 s with one). `make demo DEMO_THREADS=2`.
-DEMO_THREADS ?= 1
+# The demo recipe runs on one compute thread (run.num_threads): on a 2-core machine that other processes
+# use, torch's two threads wait on each other at every op (a step took 7 s instead of 0.45 s).
 demo: install
 	$(BIN)/emotionnet-synth demo/fer_synth.csv --rows 3000 --seed 0
-	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/emotionnet-train --config configs/train/demo.yaml
+	$(BIN)/emotionnet-train --config demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
+import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -33,6 +34,8 @@ def run_training(
     (RunDirError, DataSourceError, ValueError) before anything is trained, and RunBusyError when another
     live run holds the run directory; a NaN/Inf loss raises NonFiniteLossError after the callbacks were
     told (exit NONFINITE)."""
+    if cfg.run.num_threads is not None:
+        torch.set_num_threads(cfg.run.num_threads)
     accelerator = build_accelerator(cfg)
     logging.basicConfig(
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
