@@ -27,7 +27,6 @@ and written in chunks.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import sys
@@ -198,29 +197,3 @@ def write_synthetic_csv(path: str | Path, rows: int, seed: int = 0, progress: bo
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="emotionnet-synth",
-        description="Write a synthetic FER2013-format CSV (emotion,pixels,Usage) of drawn faces.",
-        epilog=__doc__.partition("\n\n")[2],  # the class signal and nuisance, as documented above
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("out_csv", help="output path; .csv.gz writes gzip")
-    parser.add_argument("--rows", type=int, default=2000, help="number of faces (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    if args.rows < 1:
-        parser.error("--rows must be at least 1")
-    try:
-        path = write_synthetic_csv(args.out_csv, args.rows, args.seed, progress=True)
-    except OSError as e:
-        print(f"emotionnet-synth: error: cannot write {args.out_csv}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.rows} synthetic faces to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

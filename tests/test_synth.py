@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from data_prep.schema import CLASS_NAMES, NUM_CLASSES
-from data_prep.synth import main, render_faces, usage_counts, write_synthetic_csv
+from data_prep.synth import render_faces, usage_counts, write_synthetic_csv
+from emotionnet.cli.synth import main
 
 
 def test_csv_is_in_the_fer2013_format(synth_csv):

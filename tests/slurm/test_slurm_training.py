@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from data_prep.prepare import PrepOptions, prepare
-from data_prep.synth import main as synth_main
+from emotionnet.cli.synth import main as synth_main
 from tests.slurm.cluster import SlurmCluster
 
 LAUNCH = Path(sys.executable).parent / "emotionnet-launch"
