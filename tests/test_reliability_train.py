@@ -89,16 +89,16 @@ def restore_signal_handlers():
 # ---- 1: run names stay inside the output directory --------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../../escape", "/tmp/emotionnet-escape", "a/b", ".hidden", "-x", "a\nb"])
+@pytest.mark.parametrize("name", ["../../escape", "<absolute>", "a/b", ".hidden", "-x", "a\nb"])
 def test_run_name_that_is_not_one_safe_path_component_is_refused_before_anything_is_written(
     tmp_path, data_dir, capsys, name
 ):
+    name = name.replace("<absolute>", str(tmp_path / "escape"))
     output_dir = tmp_path / "deep" / "out"
     code, _ = train(data_dir, output_dir, f"--run_name={name}", "run.max_steps=1")
     assert code == ExitCode.BAD_INPUT
     assert "is not a run name" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "deep").exists() and not (tmp_path / "escape").exists()
-    assert not Path("/tmp/emotionnet-escape").exists()
 
 
 def test_resume_from_a_checkpoint_outside_the_output_dir_is_refused(outputs, tmp_path, data_dir, capsys):
@@ -166,6 +166,7 @@ def test_a_deepspeed_file_that_is_not_plain_data_is_refused(outputs, tmp_path):
 # ---- 7: one live run per run directory ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_live_run_directory_exits_busy_naming_the_holder(tmp_path, data_dir, caplog):
     args = (f"data.data_dir={data_dir}", f"run.output_dir={tmp_path}", "--run_name", "shared",
             "tracking.enabled=false", "checkpoint.every_steps=100000")  # fmt: skip
