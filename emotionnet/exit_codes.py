@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from enum import IntEnum
 
 
@@ -30,3 +31,15 @@ def exit_codes_help() -> str:
     """The table as a `--help` epilog."""
     rows = "\n".join(f"  {int(code):>3}  {text}" for code, text in MEANINGS.items())
     return f"exit codes:\n{rows}"
+
+
+def command_parser(prog: str, description: str | None, notes: str = "", **kwargs) -> argparse.ArgumentParser:
+    """An `emotionnet-*` command's parser: its description as written, then `notes` and the exit codes."""
+    epilog = f"{notes}\n{exit_codes_help()}" if notes else exit_codes_help()
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )

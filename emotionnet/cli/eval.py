@@ -26,7 +26,7 @@ from emotionnet.evaluation.evaluate import (
 )
 from emotionnet.evaluation.plots import confusion_matrix_figure, save_figure
 from emotionnet.evaluation.result import EvalResult
-from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, ModelLoadError, pick_device
 from emotionnet.tracking.mlflow_tracker import short_http_retries
 from emotionnet.tracking.redact import redact_text
@@ -35,13 +35,11 @@ PROG = "emotionnet-eval"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog=PROG,
         usage=f"{PROG} [options] [MODEL ...] DATA",
         description="Evaluate EmotionNet model(s) on a prepared dataset split or a FER2013 CSV. Several "
         "models form an ensemble (class probabilities averaged).",
-        epilog=exit_codes_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "paths",

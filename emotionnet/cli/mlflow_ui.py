@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.tracking import ui
 from emotionnet.tracking.ui import LOOPBACK, server_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="emotionnet-mlflow-ui",
         description=ui.__doc__,
-        epilog=exit_codes_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("output_dir", nargs="?", type=Path, default=Path("outputs"), help="run.output_dir")
     parser.add_argument("--host", default=LOOPBACK, help="interface to bind (default: loopback only)")

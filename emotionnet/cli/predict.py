@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from emotionnet.data.transforms import TTA_MODES
-from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, ModelLoadError, pick_device
 from emotionnet.inference.predict import ImageResult, PredictInputError, predict
 from emotionnet.tracking.redact import redact_text
@@ -32,12 +32,10 @@ def format_text(results: list[ImageResult]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog=PROG,
         description="Find faces in photos (OpenCV Haar cascade) and classify their expression. "
         "48x48 images are taken as FER2013 face crops and classified whole.",
-        epilog=exit_codes_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     parser.add_argument(

@@ -10,7 +10,7 @@ import sys
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.records import PrepError
 from data_prep.writer import DEFAULT_SHARD_ROWS, Sharding
-from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.exit_codes import ExitCode, command_parser
 
 
 def _positive(text: str) -> int:
@@ -21,12 +21,10 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="emotionnet-prep",
         description="Convert FER2013 (emotion,pixels,Usage CSV, .csv.gz, or the train/ test/ image-folder "
         "release) into a Hugging Face DatasetDict of Arrow shards with a manifest.json.",
-        epilog=exit_codes_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", help="FER2013 .csv / .csv.gz file, or image-folder root (train/, test/)")
     parser.add_argument("output_dir", help="directory to create (written to a temp dir, then renamed)")

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.tracking import replay as replay_module
 from emotionnet.tracking.redact import redact_text
 from emotionnet.tracking.replay import ReplayError, replay
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="emotionnet-mlflow-replay",
         description=replay_module.__doc__,
-        epilog=exit_codes_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", type=Path, help="a training run directory (holds metrics.jsonl)")
     parser.add_argument(

@@ -17,7 +17,7 @@ from emotionnet.config.recipes import load_model_config, load_train_config
 from emotionnet.data.augment import augment_grid, write_augment_grid, write_png
 from emotionnet.data.loaders import DatasetNotPreparedError, load_splits
 from emotionnet.data.preprocessing import Preprocessing
-from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.model import summary
 from emotionnet.model.backbone import PretrainedWeightsError
 from emotionnet.model.summary import summarize
@@ -41,11 +41,9 @@ def write_grid(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="emotionnet-summary",
         description=summary.__doc__,
-        epilog=exit_codes_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from data_prep import synth
 from data_prep.synth import write_synthetic_csv
-from emotionnet.exit_codes import ExitCode, exit_codes_help
+from emotionnet.exit_codes import ExitCode, command_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="emotionnet-synth",
         description="Write a synthetic FER2013-format CSV (emotion,pixels,Usage) of drawn faces.",
-        epilog=f"{synth.__doc__.partition(chr(10) * 2)[2]}\n{exit_codes_help()}",  # the class signal, then exit codes
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        notes=synth.__doc__.partition("\n\n")[2],  # the class signal and nuisance
     )
     parser.add_argument("out_csv", help="output path; .csv.gz writes gzip")
     parser.add_argument("--rows", type=int, default=2000, help="number of faces (default 2000)")

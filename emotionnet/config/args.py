@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from emotionnet.exit_codes import exit_codes_help
+from emotionnet.exit_codes import command_parser
 
 # The seed command's flags and the config keys they set.
 LEGACY_FLAGS = {
@@ -24,12 +24,7 @@ LEGACY_FLAGS = {
 
 
 def build_train_parser(description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="emotionnet-train",
-        description=description,
-        epilog=exit_codes_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("emotionnet-train", description)
     parser.add_argument(
         "--config",
         help="a recipe name (demo, fer2013, fer2013_cpu; `emotionnet-train --list-recipes`) or a YAML file",
