@@ -169,7 +169,12 @@ def device_name(device: torch.device) -> str:
 
 
 def report(
-    command: str, rows: list[Row], device: torch.device, rounds: int, load: tuple[float, float]
+    command: str,
+    rows: list[Row],
+    device: torch.device,
+    rounds: int,
+    seconds: float,
+    load: tuple[float, float],
 ) -> str:
     kornia = any(r.rate("kornia") for r in rows)
     lines = [
@@ -178,7 +183,7 @@ def report(
         f"Command: `{command}`",
         f"Device: {device_name(device)}; torch {torch.__version__}; load average {load[0]:.1f} at the start, "
         f"{load[1]:.1f} at the end. Date: {datetime.datetime.now(datetime.UTC):%a %b %d %H:%M UTC %Y}.",
-        f"Default AugmentConfig; faces/s are medians over {rounds} rounds (each path ~0.2 s per round, the "
+        f"Default AugmentConfig; faces/s are medians over {rounds} rounds (each path ~{seconds:g} s per round, the "
         "paths alternating). batched = AugmentSampler (host) + copy + BatchAugment (device); device ms = "
         "BatchAugment alone per batch; sampler ms = the host part alone (in training: the DataLoader worker).",
         "",
@@ -252,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch {batch}: {args.rounds} rounds", file=sys.stderr, flush=True)
         rows.append(measure(batch, device, args.rounds, args.seconds, not args.no_kornia))
     command = " ".join(["python -m benchmarks.bench_augment", *(sys.argv[1:] if argv is None else argv)])
-    publish(report(command, rows, device, args.rounds, (load_start, os.getloadavg()[0])), args.doc)
+    publish(
+        report(command, rows, device, args.rounds, args.seconds, (load_start, os.getloadavg()[0])), args.doc
+    )
     eight = next((r for r in rows if r.batch == 8), rows[0])
     per_face, batched = eight.rate("per-face"), eight.rate("batched")
     summary = {
