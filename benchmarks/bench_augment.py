@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from benchmarks.bench_gpu import batch_list
 from benchmarks.report import cpu_model, publish
 from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.preprocessing import Preprocessing
@@ -219,13 +220,6 @@ def report(
             f"Target (GPU, batch 8): augmentation <= {TARGET_DEVICE_MS_CUDA} ms: {device_ms:.3f} ms, **{verdict}**."
         )
     return "\n".join(lines) + "\n"
-
-
-def batch_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"comma-separated positive integers, got {text!r}")
-    return values
 
 
 def main(argv: list[str] | None = None) -> int:
