@@ -1,6 +1,5 @@
 """Batched per-face augmentation (data/augment.py): identity, agreement with torchvision's per-face ops,
-statistics over many faces, independence from the batch, the augmentation grid; compile and fused-AdamW
-wiring."""
+statistics over many faces, independence from the batch, the augmentation grid."""
 
 from __future__ import annotations
 
@@ -9,15 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
-from accelerate.utils import DynamoBackend
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from data_prep.schema import IMAGE_SIZE
 from emotionnet.cli.summary import main as summary_main
-from emotionnet.config import loader as config_loader
-from emotionnet.config.schema import OptimConfig, TrainConfig
 from emotionnet.data.augment import (
     AugmentSampler,
     BatchAugment,
@@ -29,10 +24,6 @@ from emotionnet.data.augment import (
 )
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig
-from emotionnet.inference.export import load_export
-from emotionnet.train.optim import create_optimizer
-from emotionnet.train.trainer import build_accelerator
-from tests.training_utils import prepared_synthetic, run, train_command
 
 ALL_OFF = AugmentConfig(
     hflip_p=0.0,
@@ -262,52 +253,3 @@ def test_summary_cli_writes_the_grid_for_a_recipe(tmp_path, capsys):
     assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
     assert summary_main(["--augment-grid", str(out), "--data-dir", str(tmp_path / "nope")]) == 2
     assert "no such dataset directory" in capsys.readouterr().err
-
-
-# --- compile through Accelerate, fused AdamW --------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_accelerator_state():
-    """Accelerate's state is a process-wide singleton: build each accelerator from scratch."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def test_run_compile_goes_through_accelerates_dynamo_plugin(monkeypatch, fresh_accelerator_state):
-    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
-    cfg = config_loader.load(TrainConfig, overrides=["run.compile=true", "run.compile_mode=max-autotune"])
-    plugin = build_accelerator(cfg).state.dynamo_plugin
-    assert (plugin.backend, plugin.mode) == (DynamoBackend.INDUCTOR, "max-autotune")
-    with pytest.raises(config_loader.ConfigError, match="compile_mode"):
-        config_loader.load(TrainConfig, overrides=["run.compile_mode=fast"])
-
-
-def test_run_compile_off_leaves_the_launch_configuration_alone(monkeypatch, fresh_accelerator_state):
-    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "eager")  # what `accelerate launch --dynamo_backend` sets
-    assert build_accelerator(TrainConfig()).state.dynamo_plugin.backend == DynamoBackend.EAGER
-
-
-@pytest.mark.slow
-def test_compiled_run_trains_resumes_and_exports(tmp_path):
-    """run.compile through Accelerate (dynamo's eager backend: tracing without code generation, fast on the
-    CPU); the run writes its augmentation grid, checkpoints, resumes and exports plain weights."""
-    data = prepared_synthetic(tmp_path / "data", rows=200, seed=5)
-    common = (f"data.data_dir={data}", f"run.output_dir={tmp_path}", "--run_name", "compiled", "run.compile=true",
-              "run.compile_backend=eager", "checkpoint.every_steps=4", "tracking.enabled=false")  # fmt: skip
-    first = run(train_command(*common, "run.max_steps=4"))
-    assert first.returncode == 0, first.stderr[-3000:]
-    run_dir = tmp_path / "compiled"
-    assert (run_dir / "reports" / "augmentations.png").is_file()
-    resumed = run(train_command(*common, "run.max_steps=8", "--resume", "latest"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    model, description = load_export(run_dir / "final")
-    assert description.metadata["step"] == 8
-    assert not any(name.startswith("_orig_mod") for name in model.state_dict())
-
-
-def test_fused_adamw_on_request():
-    model = torch.nn.Linear(3, 2)
-    assert create_optimizer(model, OptimConfig(), fused=True).defaults["fused"]
-    assert not create_optimizer(model, OptimConfig()).defaults["fused"]
