@@ -8,11 +8,12 @@
 Each row is `emotionnet-train --config configs/train/fer2013_cpu.yaml` plus the shared overrides below
 and the row's own (ROWS), as one process with one compute thread and no loader workers; `--jobs` runs
 train side by side (one per core), row by row in the order given, each row's seeds together. The budget
-is equal steps (`--steps`: one warm-up + cosine ending at the
-last step) or equal wall time (`--minutes`: the recipe's time budget, which fixes the step count after
-timing the warm-up). The table gives each row's best validation (PublicTest) accuracy and macro-F1 per
-seed, the steps, wall minutes and the load average while it ran; `<output-dir>/ablations.md` and
-`ablations.json` keep it, the MLflow store under `<output-dir>` every run (`emotionnet-mlflow-ui`).
+is equal steps (`--steps`: a warm-up of a tenth, then one cosine ending on the last step) or equal wall
+time (`--minutes`: the recipe's time budget, which fixes the step count after timing the warm-up).
+The table gives each row's best validation (PublicTest) accuracy per seed, the mean accuracy and
+macro-F1, the steps, wall minutes and the load average while it ran, for every finished run under
+`--output-dir` (`--report` rewrites it without training): `ablations.md` and `ablations.json` there; the
+MLflow store under `--output-dir` keeps every run (`emotionnet-mlflow-ui`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/train/fer2013_cpu.yaml"
@@ -88,7 +91,11 @@ def budget_overrides(args: argparse.Namespace) -> list[str]:
     if args.minutes is not None:
         return [f"run.time_budget_min={args.minutes}", f"schedule.warmup_steps={args.warmup}"]
     warmup = max(1, round(args.steps * WARMUP_FRACTION))
-    return [f"schedule.budget_steps={args.steps}", "run.time_budget_min=null", f"schedule.warmup_steps={warmup}"]
+    return [
+        f"schedule.budget_steps={args.steps}",
+        "run.time_budget_min=null",
+        f"schedule.warmup_steps={warmup}",
+    ]
 
 
 def restart_cycles(steps: int | None, train_rows: int, batch: int) -> list[str]:
@@ -114,7 +121,10 @@ def command(args: argparse.Namespace, row: str, seed: int) -> list[str]:
     ]  # fmt: skip
 
 
-def run_row(args: argparse.Namespace, row: str, seed: int) -> dict:
+ROW_FACTS = "ablation.json"  # in each row's run directory: wall time, load, command
+
+
+def run_row(args: argparse.Namespace, row: str, seed: int) -> None:
     cmd = command(args, row, seed)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     load_before = os.getloadavg()[0]
@@ -124,25 +134,54 @@ def run_row(args: argparse.Namespace, row: str, seed: int) -> dict:
         if done.returncode != 0:
             log.seek(0)
             raise RuntimeError(f"row {row} seed {seed} failed ({done.returncode}):\n{log.read()[-3000:]}")
-    wall = time.monotonic() - started
-    records = [json.loads(line) for line in (args.output_dir / f"{row}-s{seed}" / "metrics.jsonl").open()]
-    validation = [r for r in records if r["split"] == "validation"]
-    best = max(validation, key=lambda r: r["validation/accuracy"])
-    return {
-        "row": row,
-        "seed": seed,
-        "what": ROWS[row][0],
-        "accuracy": best["validation/accuracy"],
-        "macro_f1": best["validation/macro_f1"],
-        "steps": max(r["step"] for r in records),
-        "wall_minutes": wall / 60,
+    facts = {
+        "wall_minutes": (time.monotonic() - started) / 60,
         "load": (load_before + os.getloadavg()[0]) / 2,
         "command": "OMP_NUM_THREADS=1 " + shlex.join(cmd),
     }
+    (args.output_dir / f"{row}-s{seed}" / ROW_FACTS).write_text(json.dumps(facts, indent=1) + "\n")
 
 
-def table(results: list[dict], seeds: list[int]) -> str:
-    """One line per row: accuracy and macro-F1 per seed and their mean, steps, wall minutes, load."""
+def collect(output_dir: Path) -> list[dict]:
+    """Every finished row under `output_dir`: a run directory tagged `ablation` with a validation record
+    (rows run without ROW_FACTS, e.g. by an interrupted invocation, get their wall time from the files)."""
+    results = []
+    for config_path in output_dir.glob("*/config.yaml"):
+        run = config_path.parent
+        tags = yaml.safe_load(config_path.read_text())["tracking"]["tags"]
+        metrics = run / "metrics.jsonl"
+        if "ablation" not in tags or not metrics.is_file():
+            continue
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        validation = [r for r in records if r["split"] == "validation"]
+        if not validation:
+            continue
+        best = max(validation, key=lambda r: r["validation/accuracy"])
+        facts = json.loads((run / ROW_FACTS).read_text()) if (run / ROW_FACTS).is_file() else {}
+        results.append(
+            {
+                "row": tags["ablation"],
+                "seed": int(tags["seed"]),
+                "what": ROWS.get(tags["ablation"], ("?",))[0],
+                "accuracy": best["validation/accuracy"],
+                "macro_f1": best["validation/macro_f1"],
+                "steps": max(r["step"] for r in records),
+                "wall_minutes": facts.get(
+                    "wall_minutes", (records[-1]["time"] - config_path.stat().st_mtime) / 60
+                ),
+                "load": facts.get("load"),
+                "command": facts.get("command", f"see {config_path}"),
+            }
+        )
+    order = list(ROWS)
+    return sorted(
+        results, key=lambda r: (order.index(r["row"]) if r["row"] in order else len(order), r["seed"])
+    )
+
+
+def table(results: list[dict]) -> str:
+    """One line per row: accuracy per seed, mean accuracy and macro-F1, steps, wall minutes, load."""
+    seeds = sorted({r["seed"] for r in results})
     by_row: dict[str, dict[int, dict]] = {}
     for r in results:
         by_row.setdefault(r["row"], {})[r["seed"]] = r
@@ -154,16 +193,33 @@ def table(results: list[dict], seeds: list[int]) -> str:
     for row, runs in by_row.items():
         done = list(runs.values())
         accs = " | ".join(f"{runs[s]['accuracy']:.4f}" if s in runs else "" for s in seeds)
-
-        def mean(key: str, runs: list[dict] = done) -> float:
-            return sum(r[key] for r in runs) / len(runs)
-
+        loads = [r["load"] for r in done if r["load"] is not None]
+        load = f"{sum(loads) / len(loads):.1f}" if loads else "n/a"
         steps = "/".join(str(r["steps"]) for r in done)
         lines.append(
-            f"| {row} | {done[0]['what']} | {accs} | {mean('accuracy'):.4f} | {mean('macro_f1'):.4f} | "
-            f"{steps} | {mean('wall_minutes'):.1f} | {mean('load'):.1f} |"
+            f"| {row} | {done[0]['what']} | {accs} | {mean(done, 'accuracy'):.4f} | "
+            f"{mean(done, 'macro_f1'):.4f} | {steps} | {mean(done, 'wall_minutes'):.1f} | {load} |"
         )
     return "\n".join(lines)
+
+
+def mean(runs: list[dict], key: str) -> float:
+    return sum(r[key] for r in runs) / len(runs)
+
+
+def report(output_dir: Path) -> str:
+    """Write ablations.md and ablations.json for every finished row under `output_dir`; return the table."""
+    results = collect(output_dir)
+    markdown = (
+        f"{table(results)}\n\nOne process per run, one compute thread, rows side by side on "
+        f"{os.cpu_count()} cores; load: the 1-minute load average at a run's start and end (n/a: not "
+        f"recorded). Written {time.strftime('%Y-%m-%d %H:%M')}.\n\n"
+        + "\n".join(f"- {r['row']} s{r['seed']}: `{r['command']}`" for r in results)
+        + "\n"
+    )
+    (output_dir / "ablations.md").write_text(markdown)
+    (output_dir / "ablations.json").write_text(json.dumps(results, indent=2) + "\n")
+    return markdown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="equal steps: optimizer steps per row (batch 32)")
     budget.add_argument("--minutes", type=float, help="equal wall time: training minutes per row")
+    budget.add_argument("--report", action="store_true", help="train nothing: rewrite the table of the runs")
     parser.add_argument("--warmup", type=int, default=100, help="--minutes: warm-up (and timing) steps")
     parser.add_argument("--data", default="dataset/fer2013", help="prepared FER2013 (emotionnet-prep)")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds; every row runs each")
-    parser.add_argument("--jobs", type=int, default=2, help="rows trained side by side")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side")
     parser.add_argument("--only", help=f"comma-separated rows, in order (default all: {','.join(ROWS)})")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/ablations"))
     parser.add_argument("--train-rows", type=int, default=28_709, help="training split size (restart cycles)")
@@ -184,27 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
     args.output_dir = args.output_dir.resolve()
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(row, seed) for row in rows for seed in seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run_row(args, *job), jobs))
-
-    date = time.strftime("%Y-%m-%d %H:%M")
-    budget_text = f"{args.steps} steps" if args.steps else f"{args.minutes} minutes"
-    markdown = (
-        f"{table(results, seeds)}\n\nBudget per row: {budget_text}; {args.jobs} rows side by side, "
-        f"{os.cpu_count()} cores; finished {date}. Load: 1-minute load average at a row's start and end.\n"
-    )
-    commands = "\n".join(f"- {r['row']} s{r['seed']}: `{r['command']}`" for r in results)
-    out = args.output_dir / "ablations.json"
-    existing = json.loads(out.read_text()) if out.is_file() else []
-    out.write_text(json.dumps(existing + results, indent=2) + "\n")
-    with (args.output_dir / "ablations.md").open("a") as md:  # one section per invocation
-        md.write(f"{markdown}\n{commands}\n\n")
-    print(markdown)
-    print(commands)
+    if not args.report:
+        jobs = [(row, int(seed)) for row in rows for seed in args.seeds.split(",")]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda job: run_row(args, *job), jobs))
+    print(report(args.output_dir))
     return 0
 
 
