@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emotionnet import evaluate
 from emotionnet.assets import BUNDLED_MODEL
+from emotionnet.cli.eval import main as eval_main
 from emotionnet.cli.train import run as train_run
 from tests.conftest import SHARED_FER_CSV
 from tests.training_utils import REPO_ROOT, prepared_synthetic
@@ -44,7 +44,7 @@ def test_bundle_is_fp16_with_a_card_and_is_the_default_model_of_eval(tmp_path):
     # With no model argument, emotionnet-eval takes $EMOTIONNET_MODEL: the bundle's figures come back.
     env = {**os.environ, "EMOTIONNET_MODEL": str(bundle)}
     evaluated = subprocess.run(
-        [sys.executable, "-m", "emotionnet.evaluation.evaluate", str(data), "--split", "validation", "--tta", "tencrop",
+        [sys.executable, "-m", "emotionnet.cli.eval", str(data), "--split", "validation", "--tta", "tencrop",
          "--json", "--no-progress", "--confusion-png", str(tmp_path / "again.png")],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
@@ -62,7 +62,7 @@ def test_bundled_model_reproduces_its_card_on_real_publictest(tmp_path, capsys):
     stated = float(re.search(r"^\| none \| ([0-9.]+) \|", card, re.MULTILINE).group(1))
     args = [str(SHARED_FER_CSV), "--split", "validation", "--json", "--no-progress",
             "--confusion-png", str(tmp_path / "cm.png")]  # fmt: skip
-    assert evaluate.main(args) == 0  # no model given: the bundled one
+    assert eval_main(args) == 0  # no model given: the bundled one
     summary = json.loads(capsys.readouterr().out)
     assert summary["models"] == [str(BUNDLED_MODEL)] and summary["n"] == 3589
     assert summary["accuracy"] == pytest.approx(stated, abs=5e-5)
