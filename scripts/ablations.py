@@ -66,8 +66,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),  # fmt: skip
     "restarts": ("cosine with warm restarts (3 cycles, x2 each)", ["schedule.name=restarts"]),
     "no_smoothing": ("no label smoothing", ["loss.label_smoothing=0"]),
-    "smoothing": ("label smoothing 0.1", ["loss.label_smoothing=0.1"]),
     "sqrt_weights": ("square-root class weights (Disgust x3.1)", ["loss.class_weights=sqrt"]),
+    "no_class_weights": ("no class weights", ["loss.class_weights=none"]),
     "logit_adjust": ("logit adjustment, tau 1 (balanced softmax)", ["loss.logit_adjustment=1.0"]),
     "heavy_augment": ("the previous recipe's augmentation (affine, jitter 0.2, erasing)", HEAVY_AUGMENT),
     "flip_only": (
