@@ -225,7 +225,9 @@ def test_existing_output_is_refused_without_overwrite(synth_csv, tmp_path, capsy
 def interrupt_prep_while_writing(tmp_path: Path, sig: signal.Signals) -> tuple[Path, subprocess.Popen, str]:
     """Runs `emotionnet-prep big.csv out` in a child, sends it `sig` once rows are being written; returns
     (out, the finished child, its stderr)."""
-    big = write_synthetic_csv(tmp_path / "big.csv", rows=3000, seed=3)  # ~25 MB: takes a while to prep
+    big = write_synthetic_csv(tmp_path / "big.csv", rows=3000, seed=3)
+    header, _, body = big.read_bytes().partition(b"\n")
+    big.write_bytes(header + b"\n" + body * 4)  # ~100 MB: the prep writes for ~2 s, a window the signal hits
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "emotionnet.cli.prep", str(big), str(out), "--no-progress", "--num-shards", "1"],
