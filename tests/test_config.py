@@ -34,7 +34,9 @@ def test_yaml_then_overrides_in_order():
 
 
 def test_unknown_key_lists_the_valid_keys():
-    with pytest.raises(ConfigError, match=r"unknown key optim\.lrr.*valid keys of optim: name, lr, weight_decay"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key optim\.lrr.*valid keys of optim: name, lr, weight_decay"
+    ):
         config_loader.load(TrainConfig, None, ["optim.lrr=1"])
 
 

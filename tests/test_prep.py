@@ -230,7 +230,16 @@ def interrupt_prep_while_writing(tmp_path: Path, sig: signal.Signals) -> tuple[P
     big.write_bytes(header + b"\n" + body * 4)  # ~100 MB: the prep writes for ~2 s, a window the signal hits
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "emotionnet.cli.prep", str(big), str(out), "--no-progress", "--num-shards", "1"],
+        [
+            sys.executable,
+            "-m",
+            "emotionnet.cli.prep",
+            str(big),
+            str(out),
+            "--no-progress",
+            "--num-shards",
+            "1",
+        ],
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,
         text=True,

@@ -56,7 +56,9 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         check_at_least("schedule", self, 1, ("budget_steps",))
         if self.snapshot_ensemble and self.name != "restarts":
-            raise ValueError("schedule.snapshot_ensemble needs cycles to snapshot: set schedule.name=restarts")
+            raise ValueError(
+                "schedule.snapshot_ensemble needs cycles to snapshot: set schedule.name=restarts"
+            )
         if self.cycle_epochs <= 0 or self.cycle_mult < 1:
             raise ValueError(
                 f"schedule.cycle_epochs must be > 0 and schedule.cycle_mult >= 1, "
@@ -80,7 +82,9 @@ class LossConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.logit_adjustment < 0:
-            raise ValueError(f"loss.logit_adjustment must be >= 0 (0 turns it off), got {self.logit_adjustment}")
+            raise ValueError(
+                f"loss.logit_adjustment must be >= 0 (0 turns it off), got {self.logit_adjustment}"
+            )
 
 
 @dataclass
@@ -121,7 +125,9 @@ class RunConfig:
     # torch.compile through Accelerate: its dynamo plugin (one process, DDP) or DeepSpeed's engine.compile
     # (ZeRO); docs/compile.md says what works with what. "reduce-overhead" adds CUDA graphs.
     compile: bool = False
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # the last two debug tracing
 
     def __post_init__(self) -> None:
