@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from matplotlib import cbook
 
 from data_prep.synth import write_synthetic_csv
 
@@ -57,3 +58,12 @@ def run_prep_cli():
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def photo() -> Path:
+    """Grace Hopper's portrait (512x600, one frontal face), shipped in matplotlib's sample data."""
+    try:
+        return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    except (OSError, ValueError):
+        pytest.skip("matplotlib's sample data (grace_hopper.jpg) is not installed")

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from matplotlib import cbook
 
 from data_prep.schema import CLASS_NAMES
 from data_prep.synth import render_faces
@@ -23,15 +22,6 @@ from tests.test_evaluate import make_export, one_torch_thread  # noqa: F401 (an 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return make_export(tmp_path_factory.mktemp("predict") / "best", 0)
-
-
-@pytest.fixture(scope="module")
-def photo() -> Path:
-    """Grace Hopper's portrait (512x600, one frontal face), shipped in matplotlib's sample data."""
-    try:
-        return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    except (OSError, ValueError):
-        pytest.skip("matplotlib's sample data (grace_hopper.jpg) is not installed")
 
 
 @pytest.fixture

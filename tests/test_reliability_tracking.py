@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from matplotlib import cbook
 
 from data_prep.schema import CLASS_NAMES
 from emotionnet.cli.eval import main as eval_main
@@ -292,14 +291,6 @@ def test_a_huge_image_is_refused_from_its_header_and_memory_stays_bounded(tmp_pa
     ]
     # the large image as BGR + gray is ~200 MB; detection on its full 49 MP alone took ~1.4 GB more
     assert result["grew_mb"] < 500, result
-
-
-@pytest.fixture(scope="module")
-def photo() -> Path:
-    try:
-        return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    except (OSError, ValueError):
-        pytest.skip("matplotlib's sample data (grace_hopper.jpg) is not installed")
 
 
 def test_faces_of_a_large_photo_are_found_in_a_downscaled_copy_and_boxed_in_its_pixels(
