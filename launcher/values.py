@@ -13,11 +13,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from emotionnet.run_layout import RUN_NAME
+
 # C0 and C1 control characters, DEL, and the Unicode line/paragraph separators.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # Job, partition and account names: one token that is also a safe file name (the job name names the log
 # file and, by default, the run directory).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_NAME = RUN_NAME  # job, run and account names follow the run-directory rule
 _PARTITIONS = re.compile(rf"{_NAME.pattern}(,{_NAME.pattern})*")
 # sbatch splits an #SBATCH line on whitespace and reads quotes and backslashes; --output expands `%`.
 _DIRECTIVE_UNSAFE = re.compile(r"[\s\"'\\%]")
