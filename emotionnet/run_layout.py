@@ -7,6 +7,7 @@
     best/  final/        model exports (safetensors + emotionnet.json)
     snapshots/cycle_K/   end-of-cycle exports (snapshot ensemble)
     reports/             confusion matrices, per-class reports, training curves
+    environment.jsonl    one line per start or resume: hosts, device, world size, precision, versions
     mlflow_run.json      which MLflow run mirrors this directory (when tracked)
     run.lock             held by the live run using this directory (pid, host)
 """
@@ -25,6 +26,7 @@ FINAL = "final"
 SNAPSHOTS = "snapshots"
 REPORTS = "reports"
 MLFLOW_RECORD = "mlflow_run.json"
+ENVIRONMENT = "environment.jsonl"
 LOCK = "run.lock"
 EXPORTS = (BEST, FINAL)  # the exports a run directory offers, preferred first
 # A run name is one path component of safe characters: a run never lands outside its output directory.
@@ -76,6 +78,10 @@ class RunLayout:
     @property
     def mlflow_record(self) -> Path:
         return self.root / MLFLOW_RECORD
+
+    @property
+    def environment(self) -> Path:
+        return self.root / ENVIRONMENT
 
     @property
     def lock(self) -> Path:

@@ -1,28 +1,33 @@
 """Bundle a run's best model as the project's default model (models/emotionnet-fer2013/).
 
     python scripts/bundle_model.py outputs/fer2013_cpu/<run> --data dataset/fer2013 \
-        --command "emotionnet-launch ..." --confusion-png docs/images/confusion_publictest.png
+        --command "emotionnet-launch ..." --hardware "a 2-core CPU"
 
-Writes fp16 safetensors + emotionnet.json (model config, preprocessing, class names) and a MODEL_CARD.md:
-how the run was trained (command, resolved config, wall time) and the bundled fp16 weights' own
-PublicTest (validation split) figures without TTA, with flip and with ten-crop TTA, per class.
+Writes fp16 safetensors + emotionnet.json (model config, preprocessing, class names), a MODEL_CARD.md
+(how the run was trained: command, hardware, resolved config, wall time; the bundled fp16 weights' own
+PublicTest (validation split) figures without TTA, with flip and with ten-crop TTA, per class) and the
+ten-crop confusion matrix it shows. The bundle is built in a sibling temp dir and moved into place only
+when complete, so a failed evaluation leaves the previous bundle as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 
 from emotionnet.cli import eval as eval_cli
-from emotionnet.inference.export import load_export, save_export
+from emotionnet.inference.export import load_export, replace_directory, save_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TTA_MODES = ("none", "flip", "tencrop")
+CONFUSION_PNG = "confusion_publictest_tencrop.png"
 
 
 def evaluate_bundle(bundle: Path, data: Path, confusion_png: Path) -> dict[str, dict]:
@@ -35,13 +40,15 @@ def evaluate_bundle(bundle: Path, data: Path, confusion_png: Path) -> dict[str, 
     return summaries  # the PNG is left from the last mode: ten-crop
 
 
-def model_card(run_dir: Path, config: dict, command: str, wall_minutes: float, figures: dict) -> str:
+def model_card(
+    run_dir: Path, config: dict, command: str, hardware: str, wall_minutes: float, figures: dict
+) -> str:
     by_tta = "\n".join(f"| {tta} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} |" for tta, s in figures.items())
     per_class = "\n".join(
         f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
         for name, c in figures["tencrop"]["per_class"].items()
     )
-    return f"""# EmotionNet, FER2013 (CPU-budget model)
+    return f"""# EmotionNet, FER2013 (trained on {hardware})
 
 Facial emotion recognition on 48x48 grayscale faces; classes: angry, disgust, fear, happy, sad,
 surprise, neutral. Weights: `model.safetensors` (fp16); `emotionnet.json` holds the model config,
@@ -51,7 +58,7 @@ the preprocessing (resize to {config["model"]["input_size"]} px, scale to [0, 1]
 - Run `{run_dir.name}`: `{command}`
 - Data: FER2013 Training split (28,709 faces), trained from scratch (no ImageNet weights).
 - Selected on PublicTest (validation) accuracy; PrivateTest was never used.
-- Training wall time: {wall_minutes:.0f} minutes on a 2-core CPU.
+- Training wall time: {wall_minutes:.0f} minutes on {hardware} (first to last logged step, validation included).
 
 ## PublicTest (3,589 faces), these fp16 weights
 | test-time augmentation | accuracy | macro-F1 |
@@ -63,6 +70,8 @@ Per class, ten-crop TTA:
 | class | precision | recall | F1 | support |
 | --- | --- | --- | --- | --- |
 {per_class}
+
+![PublicTest confusion matrix, ten-crop TTA]({CONFUSION_PNG})
 
 ## Resolved training config
 ```yaml
@@ -76,17 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="prepared FER2013 (validation = PublicTest)")
     parser.add_argument("--command", required=True, help="the training command, for the model card")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "emotionnet-fer2013")
-    parser.add_argument("--confusion-png", type=Path, default=Path("confusion_matrix_publictest.png"))
+    parser.add_argument("--hardware", default="a 2-core CPU", help="what it trained on, for the model card")
     args = parser.parse_args(argv)
     model, description = load_export(args.run_dir / "best")
-    save_export(args.out, model.state_dict(), description.model, description.preprocessing,
-                description.metadata, dtype=torch.float16)  # fmt: skip
     records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
     wall_minutes = (records[-1]["time"] - records[0]["time"]) / 60 if records else 0.0
     config = yaml.safe_load((args.run_dir / "config.yaml").read_text())
-    figures = evaluate_bundle(args.out, args.data, args.confusion_png)
-    card = model_card(args.run_dir, config, args.command, wall_minutes, figures)
-    (args.out / "MODEL_CARD.md").write_text(card)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.bundle.", dir=args.out.parent))
+    try:
+        staged = save_export(staging / "model", model.state_dict(), description.model,
+                             description.preprocessing, description.metadata, dtype=torch.float16)  # fmt: skip
+        figures = evaluate_bundle(staged, args.data, staged / CONFUSION_PNG)
+        card = model_card(args.run_dir, config, args.command, args.hardware, wall_minutes, figures)
+        (staged / "MODEL_CARD.md").write_text(card)
+        replace_directory(staged, args.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"bundled {args.run_dir / 'best'} -> {args.out}")
     for tta, summary in figures.items():
         print(f"PublicTest, {tta} TTA: accuracy {summary['accuracy']:.4f} macro-F1 {summary['macro_f1']:.4f}")

@@ -27,11 +27,10 @@ def test_bundle_is_fp16_with_a_card_and_is_the_default_model_of_eval(tmp_path):
     ])  # fmt: skip
     assert code == 0
     bundle = tmp_path / "bundle"
-    png = tmp_path / "cm.png"
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts/bundle_model.py"), str(tmp_path / "out" / "r"),
          "--data", str(data), "--command", "emotionnet-train --config tiny.yaml", "--out", str(bundle),
-         "--confusion-png", str(png)],
+         "--hardware", "a test machine"],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -39,7 +38,20 @@ def test_bundle_is_fp16_with_a_card_and_is_the_default_model_of_eval(tmp_path):
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "emotionnet-train --config tiny.yaml" in card and "| tencrop |" in card and "| disgust |" in card
-    assert png.stat().st_size > 0
+    assert "on a test machine" in card
+    image = re.search(r"!\[[^]]*\]\(([^)]+)\)", card).group(1)  # the card shows its confusion matrix
+    assert (bundle / image).stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")) == []  # staging removed
+
+    # A bundle whose evaluation fails leaves the previous bundle whole.
+    failed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts/bundle_model.py"), str(tmp_path / "out" / "r"),
+         "--data", str(tmp_path / "missing"), "--command", "other", "--out", str(bundle)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert failed.returncode != 0
+    assert (bundle / "MODEL_CARD.md").read_text() == card
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")) == []
 
     # With no model argument, emotionnet-eval takes $EMOTIONNET_MODEL: the bundle's figures come back.
     env = {**os.environ, "EMOTIONNET_MODEL": str(bundle)}

@@ -7,6 +7,7 @@ per-rank facts (world size, strategy) and parameters into the run directory.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -74,6 +75,12 @@ def test_ddp_two_processes_split_each_epoch_and_agree(tmp_path, data_dir):
 
     validation = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "validation"]
     assert [r["validation/n"] for r in validation] == [60]  # 60 rows over 2 ranks x 32: padding not counted
+
+    (start,) = read_jsonl(run_dir / "environment.jsonl")  # one line per start, by the main process only
+    assert (start["world_size"], start["distributed_type"], start["step"]) == ("2", "ddp", 0)
+    assert (
+        start["hosts"] == socket.gethostname() and start["version.torch"] == torch.__version__.split("+")[0]
+    )
 
 
 def test_a_crashing_rank_fails_the_whole_launch_quickly(tmp_path, data_dir, monkeypatch):

@@ -109,6 +109,10 @@ def test_kill9_and_resume_gives_bitwise_identical_weights(tmp_path, data_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
     _assert_no_gaps_or_duplicates(train_steps(interrupted), every=10, last=60)
     assert train_steps(interrupted) == train_steps(tmp_path / "straight")
+    # The run directory records each start: the fresh one at step 0, the resume at its checkpoint's step.
+    starts = read_jsonl(interrupted / "environment.jsonl")
+    assert [s["step"] for s in starts][0] == 0 and len(starts) == 2 and starts[1]["step"] in (20, 40)
+    assert {(s["world_size"], s["distributed_type"], s["device"]) for s in starts} == {("1", "single", "cpu")}
 
 
 @pytest.mark.slow

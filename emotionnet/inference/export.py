@@ -72,14 +72,19 @@ def save_export(
         replace(model_config, pretrained=None), preprocessing, metadata=metadata or {}
     )
     (tmp / DESCRIPTION_NAME).write_text(json.dumps(asdict(description), indent=2) + "\n")
+    return replace_directory(tmp, directory)
+
+
+def replace_directory(staged: Path, directory: Path) -> Path:
+    """Move a completed `staged` dir to `directory`, replacing any previous one (readers never see a mix)."""
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
-        os.replace(tmp, directory)
+        os.replace(staged, directory)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, directory)
+        os.replace(staged, directory)
     return directory
 
 

@@ -41,9 +41,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import platform
-import socket
-import subprocess
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,18 +72,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"  # the logged model's name in the run
 MODEL_URI_TAG = "emotionnet.model_uri"  # run tag: the logged model's URI
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the emotionnet package
 MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")  # logged as the MLflow model's code
-VERSION_TAGS = (
-    "torch",
-    "torchvision",
-    "accelerate",
-    "deepspeed",
-    "mlflow",
-    "transformers",
-    "datasets",
-    "numpy",
-)
 
 
 SQLITE_PREFIX = "sqlite:///"
@@ -178,7 +164,7 @@ def build_trackers(cfg: TrainConfig) -> list[TrainerCallback]:
     """Called on every process before the trainer is built: the main process checks the store, the
     others follow its verdict (so a bad store stops all ranks at once, before any training compute)."""
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, gather_object
+    from accelerate.utils import broadcast_object_list
 
     if not cfg.tracking.enabled:
         return []
@@ -190,7 +176,6 @@ def build_trackers(cfg: TrainConfig) -> list[TrainerCallback]:
         except TrackingError as err:
             verdict = [str(err)]
     verdict = broadcast_object_list(verdict)
-    hostnames = gather_object([socket.gethostname()])
     outcome = verdict[0]
     if isinstance(outcome, str):
         if not cfg.tracking.optional:
@@ -200,58 +185,23 @@ def build_trackers(cfg: TrainConfig) -> list[TrainerCallback]:
         return []
     if not state.is_main_process:
         return []
-    return [MlflowTracker(cfg, outcome, sorted(set(hostnames)))]
+    return [MlflowTracker(cfg, outcome)]
 
 
 # ---- what a run holds ------------------------------------------------------------------------------
 
 
-def git_tags(repo: Path = PACKAGE_DIR.parent) -> dict[str, str]:
-    """git.commit and git.dirty of the source tree, when it is a git checkout."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
-
-
-def version_tags() -> dict[str, str]:
-    tags = {"version.python": platform.python_version()}
-    for package in VERSION_TAGS:
-        try:
-            tags[f"version.{package}"] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    if torch.version.cuda:
-        tags["version.cuda"] = torch.version.cuda
-    return tags
-
-
-def run_tags(trainer: TrainerView, hostnames: list[str], extra: dict[str, str]) -> dict[str, str]:
-    acc = trainer.accelerator
-    device = torch.cuda.get_device_name(acc.device) if acc.device.type == "cuda" else acc.device.type
+def run_tags(trainer: TrainerView, extra: dict[str, str]) -> dict[str, str]:
+    """The run's environment (as its run directory records it), its directory and the user's tags."""
     tags = {
-        **git_tags(),
-        **version_tags(),
-        "hosts": ",".join(hostnames),
-        "world_size": str(acc.num_processes),
-        "distributed_type": trainer.distributed_label(),
-        "precision": str(acc.mixed_precision),
-        "device": device,
+        **trainer.environment,
         "run_dir": str(trainer.run_dir.resolve()),
         **{k: str(v) for k, v in redact_tree(extra, "tracking.tags").items()},
     }
-    if job := os.environ.get("SLURM_JOB_ID"):
-        tags["slurm.job_id"] = job
+    if commit := tags.get("git.commit"):
+        tags["mlflow.source.git.commit"] = commit
     tags["mlflow.note.content"] = (
-        f"EmotionNet, {tags['precision']} precision, {acc.num_processes} process(es) "
+        f"EmotionNet, {tags['precision']} precision, {tags['world_size']} process(es) "
         f"({tags['distributed_type']}) on {tags['hosts']}. Run directory: `{tags['run_dir']}`."
     )
     return tags
@@ -385,11 +335,10 @@ def _tolerant(hook):
 
 
 class MlflowTracker(TrainerCallback):
-    def __init__(self, cfg: TrainConfig, target: TrackingTarget, hostnames: list[str]):
+    def __init__(self, cfg: TrainConfig, target: TrackingTarget):
         self.cfg = cfg
         self.tracking = cfg.tracking
         self.target = target
-        self.hostnames = hostnames
         self.run_id: str | None = None
         self.lost = False
         self._logged: dict[str, set[int]] = {}  # (metric, step) pairs MLflow already has
@@ -413,7 +362,7 @@ class MlflowTracker(TrainerCallback):
         )
         self.run_id = run.info.run_id
         RunRecord(self.run_id, run.info.experiment_id, redact_text(self.target.uri)).write(trainer.run_dir)
-        mlflow.set_tags(run_tags(trainer, self.hostnames, self.tracking.tags))
+        mlflow.set_tags(run_tags(trainer, self.tracking.tags))
         if run_id is None:
             log_run_inputs(self.cfg)
         else:

@@ -27,6 +27,7 @@ class TrainerView(Protocol):
     progress: TrainerProgress
     metrics_log: MetricsLog
     splits: dict[str, datasets.Dataset]
+    environment: dict[str, str]  # hosts, device, world size, precision, versions (environment.jsonl)
 
     def distributed_label(self) -> str: ...
 

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -25,6 +26,7 @@ from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
     TorchDynamoPlugin,
+    gather_object,
     set_seed,
 )
 from tqdm.auto import tqdm
@@ -50,6 +52,7 @@ from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.checkpoint import CheckpointManager
 from emotionnet.train.ema import WeightEMA
+from emotionnet.train.environment import describe_environment, record_start
 from emotionnet.train.loss import Criterion
 from emotionnet.train.metrics_log import MetricsLog
 from emotionnet.train.optim import (
@@ -144,6 +147,8 @@ class Trainer:
         self.preprocessing = Preprocessing(input_size=cfg.model.input_size)
         self.stop = StopRequest()
         self._last_checkpoint_step = -1
+        hostnames = gather_object([socket.gethostname()])  # collective: every rank builds a Trainer
+        self.environment = describe_environment(accelerator, self.distributed_label(), hostnames)
         # Audit trail of which rows each rank consumed (off by default: it writes on every step).
         self.sample_log = (
             MetricsLog(run_dir / "samples" / f"rank{accelerator.process_index}.jsonl")
@@ -368,7 +373,8 @@ class Trainer:
 
     def _fit(self, bar: tqdm) -> ExitCode:
         acc, cfg, p = self.accelerator, self.cfg, self.progress
-        if acc.is_main_process:  # before on_start, which mirrors it to the tracker
+        if acc.is_main_process:  # before on_start, which mirrors both to the tracker
+            record_start(self.layout.environment, self.environment, p.step)
             path = self.layout.reports / AUGMENT_GRID_NAME
             write_augment_grid(path, cfg.augment, self.preprocessing, cfg.run.seed, self.splits["train"])
         for callback in self.callbacks:
