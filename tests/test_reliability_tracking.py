@@ -397,6 +397,7 @@ def test_replay_creates_the_mlflow_run_of_a_run_that_was_never_tracked(tmp_path,
     run = client.get_run(record.run_id)
     assert (run.info.run_name, run.info.status) == ("offline", "FINISHED")
     assert run.data.tags["team"] == "vision" and run.data.tags["emotionnet.replayed"] == "true"
+    assert (run.data.tags["world_size"], run.data.tags["device"]) == ("1", "cpu")  # from environment.jsonl
     cfg = load(TrainConfig, run_dir / "config.yaml")
     assert run.data.params == {k: str(v) for k, v in flatten(to_dict(cfg)).items()}
     records = read_jsonl(run_dir / "metrics.jsonl")

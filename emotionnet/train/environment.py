@@ -95,3 +95,15 @@ def record_start(path: Path, environment: dict[str, str], step: int) -> None:
     line = json.dumps({"time": time.time(), "step": step, **environment}, sort_keys=True) + "\n"
     with path.open("a") as out:
         out.write(line)
+
+
+def recorded_starts(path: Path) -> list[dict]:
+    """The starts recorded in `path` (none when absent); a line torn by a crash is skipped."""
+    starts = []
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            starts.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return starts
