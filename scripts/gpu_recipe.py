@@ -84,13 +84,20 @@ def figures_from_metrics(metrics: Path, started: float) -> dict:
     return figures
 
 
+def hardware_name() -> str:
+    """'one NVIDIA H200' (what the model card says it trained on); the CPU dry run says so too."""
+    import torch
+
+    return f"one {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "the CPU (dry run)"
+
+
 def bundle(run_dir: Path, data: Path, command: list[str], work: Path, out: Path) -> dict:
     """fp16 bundle of best/ with its PublicTest figures, tarred (with the run's metrics) into `out`."""
     target = work / "recipe_bundle"
     shutil.rmtree(target, ignore_errors=True)
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bundle_model.py"), str(run_dir), "--data", str(data),
-         "--command", " ".join(command), "--out", str(target), "--confusion-png", str(target / "confusion.png")],
+         "--command", " ".join(command), "--out", str(target), "--hardware", hardware_name()],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     print(done.stdout, flush=True)
