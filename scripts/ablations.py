@@ -54,6 +54,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "backbone alone, output stride 8 from stage 4 on (6x6 map)",
         [*NO_ATTENTION, "model.output_stride=8", "model.stride_reduction=late"],
     ),
+    "no_transformer": ("full without the transformer encoder", ["model.transformer=false"]),
+    "no_spatial": ("full without spatial self-attention", ["model.spatial_attention=false"]),
     "legacy": (
         "full, previous architecture (no gains, class-token readout)",
         ["model.layer_scale=null", "model.readout=cls"],
