@@ -251,7 +251,9 @@ def test_server_killed_mid_run_then_replay(data_dir, tmp_path, mlflow_server, no
 
 
 @pytest.mark.slow
-def test_default_store_is_local_and_holds_no_secrets(data_dir, tmp_path, monkeypatch, no_tracking_env):
+def test_default_store_is_local_and_holds_no_secrets(
+    data_dir, tmp_path, monkeypatch, no_tracking_env, capsys
+):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     monkeypatch.setenv("EMOTIONNET_SERVICE_TOKEN", ENV_TOKEN)
@@ -260,6 +262,8 @@ def test_default_store_is_local_and_holds_no_secrets(data_dir, tmp_path, monkeyp
         f"tracking.tags.api_token={CONFIG_TOKEN}", "tracking.tags.team=vision",
     )  # fmt: skip
     assert code == 0
+    # The closing summary offers the UI on this store (although MLflow has exported its URI meanwhile).
+    assert f"emotionnet-mlflow-ui {tmp_path}" in capsys.readouterr().out
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("emotionnet").experiment_id])
     assert run.info.run_name == "local" and run.info.status == "FINISHED"

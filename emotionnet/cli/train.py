@@ -19,7 +19,12 @@ from emotionnet.config.loader import ConfigError
 from emotionnet.config.recipes import load_train_config, recipe_names
 from emotionnet.data.source import DataSourceError
 from emotionnet.exit_codes import ExitCode
-from emotionnet.tracking.mlflow_tracker import TrackingError, build_trackers, resolve_tracking_uri
+from emotionnet.tracking.mlflow_tracker import (
+    TrackingError,
+    build_trackers,
+    local_store_uri,
+    resolve_tracking_uri,
+)
 from emotionnet.tracking.redact import redact_tree
 from emotionnet.train.run_dir import RunDirError
 from emotionnet.train.run_lock import RunBusyError
@@ -71,7 +76,10 @@ def closing_summary(trainer: Trainer) -> str:
             f"test ({cfg.run.eval_tta} TTA) accuracy {test.report.accuracy:.4f} macro-F1 {test.report.macro_f1:.4f}"
         )
     lines.append("next:")
-    if cfg.tracking.enabled and resolve_tracking_uri(cfg.tracking, cfg.run.output_dir)[1] is not None:
+    # Compared by URI: MLflow exports the store it opened as MLFLOW_TRACKING_URI, so the environment now
+    # names the local store too.
+    store = resolve_tracking_uri(cfg.tracking, cfg.run.output_dir)[0]
+    if cfg.tracking.enabled and store == local_store_uri(cfg.run.output_dir):
         lines.append(f"  emotionnet-mlflow-ui {cfg.run.output_dir}          # browse the run in MLflow")
     lines.append(f"  emotionnet-eval {layout.best} {cfg.data.data_dir} --tta tencrop   # evaluate")
     lines.append(f"  emotionnet-predict --model {layout.best} photo.jpg   # classify the faces in a photo")

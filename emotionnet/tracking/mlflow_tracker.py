@@ -98,8 +98,12 @@ def resolve_tracking_uri(cfg: TrackingConfig, output_dir: str | Path) -> tuple[s
         return cfg.uri, None
     if env_uri := os.environ.get("MLFLOW_TRACKING_URI"):
         return env_uri, None
-    root = Path(output_dir).resolve()
-    return f"{SQLITE_PREFIX}{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+    return local_store_uri(output_dir), (Path(output_dir).resolve() / "mlartifacts").as_uri()
+
+
+def local_store_uri(output_dir: str | Path) -> str:
+    """The default store: SQLite in the output directory (what emotionnet-mlflow-ui serves)."""
+    return f"{SQLITE_PREFIX}{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
 def short_http_retries(cfg: TrackingConfig) -> None:
