@@ -41,7 +41,6 @@ from emotionnet.tracking.mlflow_tracker import (
     short_http_retries,
 )
 from emotionnet.tracking.redact import REDACTED, error_summary, redact_mlflow_logs, redact_text, redact_tree
-from emotionnet.train.environment import recorded_starts
 from emotionnet.train.metrics_log import MetricsLog, MetricsLogError
 
 RECORD_FIELDS = ("step", "epoch", "split", "time")  # metrics.jsonl keys that are not metrics
@@ -131,7 +130,9 @@ def _create_run(layout: RunLayout, tracking_uri: str | None) -> tuple[RunRecord,
         target = connect(tracking, layout.root.parent, hint="start the server or pass --tracking-uri")
     except TrackingError as err:
         raise ReplayError(f"{layout.root} was never tracked, and {err}") from err
-    first_start = next(iter(recorded_starts(layout.environment)), {})  # what a live tracker would have tagged
+    first_start = next(
+        iter(MetricsLog(layout.environment).read()), {}
+    )  # what a live tracker would have tagged
     tags = {
         **{k: str(v) for k, v in first_start.items() if k not in ("time", "step")},
         **{k: str(v) for k, v in redact_tree(cfg.tracking.tags, "tracking.tags").items()},

@@ -8,11 +8,9 @@ same facts, so the two never disagree.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 
 import torch
@@ -88,22 +86,3 @@ def describe_environment(accelerator: Accelerator, distributed: str, hostnames: 
     if job := os.environ.get("SLURM_JOB_ID"):
         facts["slurm.job_id"] = job
     return facts
-
-
-def record_start(path: Path, environment: dict[str, str], step: int) -> None:
-    """Append one start of the run (at `step`: 0 when fresh) to `path` in a single write."""
-    line = json.dumps({"time": time.time(), "step": step, **environment}, sort_keys=True) + "\n"
-    with path.open("a") as out:
-        out.write(line)
-
-
-def recorded_starts(path: Path) -> list[dict]:
-    """The starts recorded in `path` (none when absent); a line torn by a crash is skipped."""
-    starts = []
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            starts.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return starts

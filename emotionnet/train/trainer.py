@@ -52,7 +52,7 @@ from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.checkpoint import CheckpointManager
 from emotionnet.train.ema import WeightEMA
-from emotionnet.train.environment import describe_environment, record_start
+from emotionnet.train.environment import describe_environment
 from emotionnet.train.loss import Criterion
 from emotionnet.train.metrics_log import MetricsLog
 from emotionnet.train.optim import (
@@ -374,7 +374,9 @@ class Trainer:
     def _fit(self, bar: tqdm) -> ExitCode:
         acc, cfg, p = self.accelerator, self.cfg, self.progress
         if acc.is_main_process:  # before on_start, which mirrors both to the tracker
-            record_start(self.layout.environment, self.environment, p.step)
+            MetricsLog(self.layout.environment).append(
+                {"time": time.time(), "step": p.step, **self.environment}
+            )
             path = self.layout.reports / AUGMENT_GRID_NAME
             write_augment_grid(path, cfg.augment, self.preprocessing, cfg.run.seed, self.splits["train"])
         for callback in self.callbacks:
