@@ -48,7 +48,7 @@ def model_card(
         f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
         for name, c in figures["tencrop"]["per_class"].items()
     )
-    return f"""# EmotionNet, FER2013 (trained on {hardware})
+    return f"""# EmotionNet, FER2013: trained from scratch on {hardware}
 
 Facial emotion recognition on 48x48 grayscale faces; classes: angry, disgust, fear, happy, sad,
 surprise, neutral. Weights: `model.safetensors` (fp16); `emotionnet.json` holds the model config,
