@@ -130,9 +130,8 @@ def _create_run(layout: RunLayout, tracking_uri: str | None) -> tuple[RunRecord,
         target = connect(tracking, layout.root.parent, hint="start the server or pass --tracking-uri")
     except TrackingError as err:
         raise ReplayError(f"{layout.root} was never tracked, and {err}") from err
-    first_start = next(
-        iter(MetricsLog(layout.environment).read()), {}
-    )  # what a live tracker would have tagged
+    # The first start's environment: what a live tracker would have tagged.
+    first_start = next(iter(MetricsLog(layout.environment).read()), {})
     tags = {
         **{k: str(v) for k, v in first_start.items() if k not in ("time", "step")},
         **{k: str(v) for k, v in redact_tree(cfg.tracking.tags, "tracking.tags").items()},
