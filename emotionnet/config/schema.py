@@ -105,9 +105,10 @@ class RunConfig:
     num_epochs: int = 30
     # Stop after this many optimizer steps (smoke tests, benchmarks); the schedule keeps its length.
     max_steps: int | None = None
-    # Train for this many minutes (per-epoch validation included) instead of run.num_epochs: the
-    # warm-up is timed, the step count that fits is fixed then and kept across resumes, and the cosine
-    # ends on the last step.
+    # Train for this many minutes (per-epoch validation included) instead of run.num_epochs: the step
+    # count that fits is planned after the warm-up and re-planned at every sync point from the measured
+    # pace (emotionnet/train/budget.py); the cosine ends on the last step, and a resume counts the time
+    # already spent.
     time_budget_min: float | None = None
     # None: take it from `accelerate launch` / its config; "off" is the seed command's spelling of "no".
     mixed_precision: Literal["no", "off", "bf16", "fp16"] | None = None
@@ -118,7 +119,9 @@ class RunConfig:
     resume: str | None = None  # "latest" or a checkpoint directory
     dist_timeout_s: int = 600  # a rank stuck this long in a collective aborts the whole launch
     log_sample_ids: bool = False  # write each rank's consumed row ids to <run>/samples/ (data-order audit)
-    channels_last: bool = False
+    # NHWC activations for the model and its batches: 1.9x the CPU training throughput of NCHW with
+    # oneDNN's convolutions (docs/benchmarks.md, "CPU training throughput"); GPUs' tensor cores want it too.
+    channels_last: bool = True
     # CPU threads per process (torch.set_num_threads); None: torch's default (all cores). One thread per
     # process is fastest for small models on a busy or small machine (the demo, 2 CPU processes).
     num_threads: int | None = None

@@ -2,9 +2,9 @@
 schedule: linear warm-up, then one cosine over the whole run or cosine cycles with warm restarts.
 
 The run's length is epochs, steps (`schedule.budget_steps`) or wall-clock minutes (`run.time_budget_min`).
-For minutes the trainer times the warm-up, fixes the number of steps that fit (`steps_within_budget`)
-and hands it to the schedule, whose attributes are saved with the scheduler's state, so a resumed run
-keeps that count and continues the same curve bit for bit.
+For minutes the trainer plans the number of steps that fit (`emotionnet/train/budget.py`) after the warm-up
+and again at every epoch end, and hands it to the schedule, whose attributes are saved with the
+scheduler's state, so a resumed run continues the same curve.
 """
 
 from __future__ import annotations
@@ -111,31 +111,3 @@ def cycle_end_steps(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int)
         ends.append(end)
         cycle_steps *= cfg.cycle_mult
     return ends
-
-
-# Validation costs about this fraction of a training step per image (forward only, larger batches:
-# 0.3 measured on a CPU); rounded up, so that a budgeted run ends early rather than late.
-EVAL_COST_PER_IMAGE = 0.5
-
-
-def steps_within_budget(
-    budget_s: float,
-    elapsed_s: float,
-    steps_done: int,
-    seconds_per_step: float,
-    steps_per_epoch: int,
-    eval_s: float,
-) -> int:
-    """How many optimizer steps fit in `budget_s`, `elapsed_s` into a run that has done `steps_done`
-    steps at `seconds_per_step`, when every epoch, including a last partial one, ends with a validation
-    of `eval_s` seconds. At least one more step, so that the schedule has an end."""
-    remaining = budget_s - elapsed_s
-    validations_done = (steps_done - 1) // steps_per_epoch if steps_done else 0
-    total = steps_done + math.floor(remaining / seconds_per_step)
-    while total > steps_done + 1:
-        validations = math.ceil(total / steps_per_epoch) - validations_done
-        fits = steps_done + math.floor((remaining - validations * eval_s) / seconds_per_step)
-        if fits >= total:
-            break
-        total = max(fits, steps_done + 1)
-    return max(total, steps_done + 1)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+# Absent from checkpoints written before they existed: such a checkpoint resumes with their defaults.
+ADDED_LATER = ("budget_spent_s",)
+
 
 @dataclass
 class TrainerProgress:
@@ -13,12 +16,14 @@ class TrainerProgress:
     best_accuracy: float = -1.0
     best_step: int = -1
     skipped_steps: int = 0  # fp16 steps the grad scaler skipped on overflow (logged as train/skipped_steps)
+    budget_spent_s: float = 0.0  # of run.time_budget_min, at the checkpoint (emotionnet/train/budget.py)
 
     def state_dict(self) -> dict:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
         expected = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        state = {**{key: getattr(self, key) for key in ADDED_LATER if key not in state}, **state}
         if set(state) != set(expected):
             raise ValueError(f"trainer progress has the keys {sorted(state)}, expected {sorted(expected)}")
         for key, kind in expected.items():

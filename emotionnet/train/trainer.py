@@ -49,19 +49,14 @@ from emotionnet.inference.ensemble import ProbabilityAverage, tta_probabilities
 from emotionnet.inference.export import load_export, save_export
 from emotionnet.model.emotionnet import create_model
 from emotionnet.run_layout import RunLayout
+from emotionnet.train.budget import EVAL_COST_PER_IMAGE, Pace, TimeBudget
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.checkpoint import CheckpointManager
 from emotionnet.train.ema import WeightEMA
 from emotionnet.train.environment import describe_environment
 from emotionnet.train.loss import Criterion
 from emotionnet.train.metrics_log import MetricsLog
-from emotionnet.train.optim import (
-    EVAL_COST_PER_IMAGE,
-    create_optimizer,
-    create_scheduler,
-    cycle_end_steps,
-    steps_within_budget,
-)
+from emotionnet.train.optim import create_optimizer, create_scheduler, cycle_end_steps
 from emotionnet.train.progress import TrainerProgress
 
 log = logging.getLogger(__name__)
@@ -211,6 +206,9 @@ class Trainer:
         # run.max_steps stops the run early without reshaping its schedule.
         self.total_steps = min(schedule_steps or math.inf, cfg.run.max_steps or math.inf)
         self.calibration_step = max(cfg.schedule.warmup_steps, MIN_CALIBRATION_STEPS)
+        self.budget = (
+            TimeBudget(cfg.run.time_budget_min, self.steps_per_epoch) if cfg.run.time_budget_min else None
+        )
         self.ema = self._build_ema()
         self.batch_mixing = build_batch_mixing(cfg.augment, cfg.model.num_classes)
         self.snapshot_steps = self._snapshot_steps()
@@ -309,47 +307,48 @@ class Trainer:
         return self.cfg.schedule.budget_steps or steps_per_epoch * self.cfg.run.num_epochs
 
     def _restore_schedule_length(self) -> None:
-        """After a resume: a time-budgeted run keeps the step count its calibration fixed (so the resumed
-        run continues the same curve); any other run takes this launch's budget_steps / num_epochs."""
+        """After a resume: a time-budgeted run keeps its last planned step count (so the resumed run
+        continues the same curve) until its next epoch end re-plans it with the budget it has left; any
+        other run takes this launch's budget_steps / num_epochs."""
         if self.cfg.run.time_budget_min is None:
             self.lr_schedule.total_steps = self._schedule_steps(self.steps_per_epoch)
         elif self.lr_schedule.total_steps is not None:
             self.total_steps = min(self.lr_schedule.total_steps, self.cfg.run.max_steps or math.inf)
 
-    def _calibrate_budget(self, bar: tqdm) -> None:
-        """Time-budgeted runs: time the warm-up's steps, then fix how many steps fit in the budget.
+    def _calibrate_budget(self) -> None:
+        """Time-budgeted runs before their first plan: time the warm-up's steps (from a quarter of the way
+        in: the first steps are slower), then plan the run's length."""
+        if self.progress.step == self.calibration_step // 4:
+            self.budget.restart_window(self.progress.step)
+        if self.progress.step >= self.calibration_step:
+            pace = self.accelerator.reduce(self._budget_pace(), reduction="max").tolist()
+            self._plan_budget(Pace(*pace))
+            self.budget.restart_window(self.progress.step)
 
-        Every rank reduces the same (slowest) pace and elapsed time, so all fix the same count; it is
-        saved with the schedule in every checkpoint, and a resumed run never recalibrates.
-        """
-        p, acc = self.progress, self.accelerator
-        if p.step == self.calibration_step // 4:  # the first steps are slower (allocations, warm caches)
-            self._pace_mark = (p.step, time.perf_counter())
-        if p.step < self.calibration_step:
-            return
-        mark_step, mark_time = self._pace_mark
-        now = time.perf_counter()
-        local = torch.tensor(
-            [(now - mark_time) / max(p.step - mark_step, 1), now - self._fit_started], device=acc.device
+    def _budget_pace(self) -> torch.Tensor:
+        """This rank's pace figures (`budget.Pace`), to be reduced to the slowest rank's."""
+        global_batch = (
+            self.cfg.data.batch_size * self.accelerator.num_processes * self.cfg.optim.grad_accum_steps
         )
-        seconds_per_step, elapsed = acc.reduce(local, reduction="max").tolist()
-        global_batch = self.cfg.data.batch_size * acc.num_processes * self.cfg.optim.grad_accum_steps
-        eval_s = EVAL_COST_PER_IMAGE * len(self.splits["validation"]) / global_batch * seconds_per_step
-        budget_s = self.cfg.run.time_budget_min * 60
-        total = steps_within_budget(budget_s, elapsed, p.step, seconds_per_step, self.steps_per_epoch, eval_s)
+        validation_steps = len(self.splits["validation"]) / global_batch
+        pace = self.budget.pace(self.progress.step, epoch_end_in_steps=EVAL_COST_PER_IMAGE * validation_steps)
+        return torch.tensor(pace.as_list(), device=self.accelerator.device)
+
+    def _plan_budget(self, pace: Pace) -> None:
+        """Plan how many steps fit in the time budget; every rank plans from the same reduced pace, so all
+        plan the same count. It is saved with the schedule in every checkpoint."""
+        first_plan = self.lr_schedule.total_steps is None
+        total = self.budget.plan(self.progress.step, pace)
         self.lr_schedule.total_steps = total
         self.total_steps = min(total, self.cfg.run.max_steps or math.inf)
-        bar.total = self.total_steps
-        bar.refresh()
-        if acc.is_main_process:
+        self._bar.total = self.total_steps
+        if first_plan and self.accelerator.is_main_process:
             log.info(
-                "time budget %.1f min: %.3f s/step over steps %d-%d (+%.0f s per validation) -> %d steps "
-                "(%.1f epochs), fixed for this run and its resumes",
+                "time budget %.1f min: %.3f s/step, %.0f s per epoch end -> %d steps (%.1f epochs), "
+                "re-planned at every sync point",
                 self.cfg.run.time_budget_min,
-                seconds_per_step,
-                mark_step,
-                p.step,
-                eval_s,
+                pace.seconds_per_step,
+                pace.epoch_end_s,
                 total,
                 total / self.steps_per_epoch,
             )
@@ -367,6 +366,7 @@ class Trainer:
             unit="step",
         )
         try:
+            self._bar = bar
             return self._fit(bar)
         finally:
             bar.close()  # before any error message, so it starts on a line of its own
@@ -383,8 +383,8 @@ class Trainer:
             callback.on_start(self)
         window = _Window(acc.device)
         clock = _SyncClock(p.step)
-        self._fit_started = time.perf_counter()
-        self._pace_mark = (p.step, self._fit_started)  # (step, time) the budget's pace is timed from
+        if self.budget is not None:
+            self.budget.start(p.step, p.budget_spent_s)
         nonfinite_at = torch.full((), -1, dtype=torch.long, device=acc.device)
         while p.step < self.total_steps:
             self.train_loader.set_epoch(p.epoch)  # shuffling order
@@ -411,8 +411,8 @@ class Trainer:
                     continue
                 p.step += 1
                 bar.update(1)
-                if self.lr_schedule.total_steps is None:
-                    self._calibrate_budget(bar)
+                if self.budget is not None and self.lr_schedule.total_steps is None:
+                    self._calibrate_budget()
                 step_t = torch.tensor(p.step, device=acc.device)
                 nonfinite_at = torch.where(
                     ~torch.isfinite(loss.detach()) & (nonfinite_at < 0), step_t, nonfinite_at
@@ -440,11 +440,15 @@ class Trainer:
                     epoch_finished = p.batches_in_epoch >= len(self.train_loader)
                     break
             stop = self._agree(nonfinite_at, clock)
+            if self.budget is not None:
+                self.budget.pause(p.step)
             self._end_of_epoch()
             if epoch_finished:
                 p.epoch += 1
                 p.batches_in_epoch = 0
             self._save_checkpoint()
+            if self.budget is not None:
+                self.budget.resume(p.step)
             if stop or self._agree(nonfinite_at, clock):  # `stop` is agreed: all ranks take the same branch
                 return self._preempt()
         return ExitCode.OK
@@ -514,25 +518,34 @@ class Trainer:
 
     def _agree(self, nonfinite_at: torch.Tensor, clock: _SyncClock) -> bool:
         """One collective: raise NonFiniteLossError if any rank saw a NaN/Inf loss; True if any rank got a
-        stop signal (all ranks stop together). Schedules the next sync point from the slowest rank."""
-        local = torch.stack(
-            [
-                nonfinite_at,
-                torch.tensor(int(self.stop.requested), device=self.accelerator.device),
-                torch.tensor(clock.microseconds_per_step(self.progress.step), device=self.accelerator.device),
-            ]
-        )
-        first, stop, microseconds_per_step = self.accelerator.reduce(local, reduction="max").tolist()
-        clock.schedule(self.progress.step, microseconds_per_step)
+        stop signal (all ranks stop together). Schedules the next sync point from the slowest rank, and
+        re-plans a time-budgeted run from the slowest rank's pace."""
+        device = self.accelerator.device
+        local = [
+            nonfinite_at.float(),
+            torch.tensor(float(self.stop.requested), device=device),
+            torch.tensor(float(clock.microseconds_per_step(self.progress.step)), device=device),
+        ]
+        replan = self.budget is not None and self.lr_schedule.total_steps is not None
+        if replan:
+            local += list(self._budget_pace())
+        first, stop, microseconds_per_step, *pace = self.accelerator.reduce(
+            torch.stack(local), reduction="max"
+        ).tolist()
+        clock.schedule(self.progress.step, int(microseconds_per_step))
         if first >= 0:
             last_good = self.checkpoints.latest()
             raise NonFiniteLossError(
-                f"loss became NaN/Inf at step {first}; last good checkpoint: {last_good or 'none saved yet'}"
+                f"loss became NaN/Inf at step {int(first)}; last good checkpoint: {last_good or 'none saved yet'}"
             )
+        if replan and self.progress.step < self.total_steps:
+            self._plan_budget(Pace(*pace))
         return stop > 0
 
     def _save_checkpoint(self) -> Path:
         self._last_checkpoint_step = self.progress.step
+        if self.budget is not None:
+            self.progress.budget_spent_s = self.budget.spent_s()
         return self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
 
     def _preempt(self) -> ExitCode:
