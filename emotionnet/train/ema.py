@@ -20,19 +20,10 @@ class WeightEMA:
             raise ValueError(f"optim.ema_decay must be in (0, 1) when set, got {decay}")
         self.decay = decay
         self.source = model  # the unwrapped training model, followed by every update()
-        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
-
-    def _average(
-        self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor
-    ) -> None:
-        """One device/dtype group of tensors; the decay stays a device tensor (no host sync per step)."""
-        if not averaged[0].is_floating_point():  # BatchNorm's num_batches_tracked: a counter, not a mean
-            torch._foreach_copy_(averaged, current)
-            return
-        weight = 1.0 - torch.clamp((1.0 + updates) / (10.0 + updates), max=self.decay)
-        weight = weight.to(averaged[0].dtype)
-        for avg, cur in zip(averaged, current, strict=True):
-            avg.lerp_(cur, weight)
+        # AveragedModel holds the copy and its update counter (n_averaged, kept on the host) in one
+        # state dict; its own update_parameters is not used: it reads the counter as a bool and moves it
+        # to the device on every update, a host-device round trip per step on a GPU.
+        self.averaged = AveragedModel(model, use_buffers=True)
 
     @property
     def module(self) -> nn.Module:
@@ -40,4 +31,25 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        self.averaged.update_parameters(self.source)
+        """Average the source's floating-point weights and buffers in; copy its integer counters."""
+        updates = int(self.averaged.n_averaged)  # a host tensor: no device sync
+        pairs = zip(
+            [*self.module.parameters(), *self.module.buffers()],
+            [t.detach() for t in (*self.source.parameters(), *self.source.buffers())],
+            strict=True,
+        )
+        averaged, current, counters, counts = [], [], [], []
+        for mine, theirs in pairs:
+            if mine.is_floating_point():
+                averaged.append(mine)
+                current.append(theirs)
+            else:  # BatchNorm's num_batches_tracked: a counter, not a mean
+                counters.append(mine)
+                counts.append(theirs)
+        if counters:
+            torch._foreach_copy_(counters, counts)
+        if updates == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 - min(self.decay, (1.0 + updates) / (10.0 + updates)))
+        self.averaged.n_averaged += 1

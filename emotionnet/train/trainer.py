@@ -113,7 +113,10 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
             )
         ],
         # A seeded sampler makes the epoch's order a function of (seed, epoch): exact mid-epoch resume.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.run.seed),
+        # non_blocking: batches are copied to the GPU asynchronously from pinned memory (data.pin_memory).
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=cfg.run.seed, non_blocking=True
+        ),
         step_scheduler_with_optimizer=False,
         # None: whatever `accelerate launch` was configured with (no compilation unless it says so).
         dynamo_plugin=TorchDynamoPlugin(backend=cfg.run.compile_backend, mode=cfg.run.compile_mode)
@@ -386,6 +389,7 @@ class Trainer:
         if self.budget is not None:
             self.budget.start(p.step, p.budget_spent_s)
         nonfinite_at = torch.full((), -1, dtype=torch.long, device=acc.device)
+        device_step = torch.full((), p.step, dtype=torch.long, device=acc.device)  # no host copy per step
         while p.step < self.total_steps:
             self.train_loader.set_epoch(p.epoch)  # shuffling order
             self.train_loader.dataset.set_epoch(p.epoch)  # per-sample augmentation seeds
@@ -413,9 +417,9 @@ class Trainer:
                 bar.update(1)
                 if self.budget is not None and self.lr_schedule.total_steps is None:
                     self._calibrate_budget()
-                step_t = torch.tensor(p.step, device=acc.device)
+                device_step += 1
                 nonfinite_at = torch.where(
-                    ~torch.isfinite(loss.detach()) & (nonfinite_at < 0), step_t, nonfinite_at
+                    ~torch.isfinite(loss.detach()) & (nonfinite_at < 0), device_step, nonfinite_at
                 )
                 if grad_norm is not None:
                     window.grad_norm = grad_norm
