@@ -5,7 +5,8 @@
     python -m benchmarks.bench_train_cpu --rounds 1 --steps 6 --warmup 2 --synthetic --doc ''   # smoke run
 
 Each variant is `fer2013_cpu` plus its overrides: "baseline" is the recipe as it was before channels_last
-became the default (`run.channels_last=false`), "new" is the recipe as it is. One worker process per
+and fused AdamW became the defaults (`run.channels_last=false optim.fused=false`), "new" is the recipe
+as it is. One worker process per
 (round, variant) builds the Trainer (Accelerate, the prepared loader with its worker, on-device
 augmentation, loss, AdamW, scheduler) and times `next(loader)` + `Trainer.train_step` over `--steps` steps
 after `--warmup` (allocations, first compilation). Variants alternate within every round, so load changes
@@ -33,7 +34,7 @@ SECTION = "## CPU training throughput"
 RECIPE = "fer2013_cpu"
 REAL_DATA = Path("dataset/fer2013")
 TARGET_RATIO = 1.8
-DEFAULT_VARIANTS = {"baseline": ["run.channels_last=false"], "new": []}
+DEFAULT_VARIANTS = {"baseline": ["run.channels_last=false", "optim.fused=false"], "new": []}
 
 
 def worker(args: argparse.Namespace) -> None:

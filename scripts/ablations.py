@@ -86,6 +86,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ],
     ),  # fmt: skip
     "ema": ("weight EMA 0.999 for validation", ["optim.ema_decay=0.999"]),
+    "lr_2e3": ("AdamW lr 2e-3 (the recipe's 1e-3 doubled)", ["optim.lr=2e-3"]),
 }
 
 

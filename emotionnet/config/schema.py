@@ -29,6 +29,9 @@ class OptimConfig:
     momentum: float = 0.9  # SGD only
     grad_clip: float = 1.0  # max global L2 norm; 0 disables clipping
     grad_accum_steps: int = 1
+    # AdamW's fused kernels (CUDA and CPU; not under DeepSpeed on a CPU): on the CPU recipe 2 ms an
+    # optimizer step instead of 8 for the per-tensor loop.
+    fused: bool = True
     # Exponential moving average of the weights, used for validation, exports and snapshots; 0 = off.
     ema_decay: float = 0.0
 

@@ -32,7 +32,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def create_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """`fused`: AdamW's single-kernel CUDA implementation (the Trainer asks for it on CUDA devices)."""
+    """`fused`: AdamW's fused implementation (CUDA and CPU; the Trainer asks for it except under DeepSpeed on a CPU)."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
         # Coupled (L2) weight decay, as in the SGD recipes its values come from (e.g. 5e-4).

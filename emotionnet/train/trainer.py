@@ -190,7 +190,11 @@ class Trainer:
         val_loader = self._eval_loader(splits["validation"])
         self.criterion = Criterion(cfg.loss, class_counts(splits["train"]), accelerator.device)
 
-        optimizer = create_optimizer(model, cfg.optim, fused=accelerator.device.type == "cuda")
+        # DeepSpeed on a CPU keeps the per-tensor loop (fused kernels untried under its ZeRO partitions).
+        fused = cfg.optim.fused and (
+            accelerator.device.type == "cuda" or accelerator.distributed_type != DistributedType.DEEPSPEED
+        )
+        optimizer = create_optimizer(model, cfg.optim, fused=fused)
         steps_per_epoch = len(train_loader) // (accelerator.num_processes * cfg.optim.grad_accum_steps)
         if steps_per_epoch == 0:
             raise ValueError(
