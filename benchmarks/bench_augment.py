@@ -1,4 +1,4 @@
-"""Training augmentation (issue 13): torchvision's per-face ops vs the batched per-face-parameter path.
+"""Training augmentation: torchvision's per-face ops vs the batched per-face-parameter path.
 
     python -m benchmarks.bench_augment                      # CUDA when present, else CPU; batches 8, 64, 256
     python -m benchmarks.bench_augment --device cpu --repeats 15
@@ -7,7 +7,7 @@
 Both paths turn uint8 faces into the model's normalized input under the default AugmentConfig (flip,
 rotation + translation + scale + shear, brightness/contrast, random erasing), with per-face parameters:
 
-- per-face: what the DataLoader workers ran before issue 13, one torchvision v2 call per face (each op
+- per-face: what the DataLoader workers ran before augmentation was batched, one torchvision v2 call per face (each op
   draws one set of parameters per call), seeded per face, then Preprocessing on the batch and random
   erasing per face; on the device the faces are on.
 - batched: `AugmentSampler` on the host (each face's parameters from (seed, epoch, row_id); the workers'
@@ -43,14 +43,14 @@ from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig
 
-SECTION = "## Augmentation: per-face vs batched (issue 13)"
+SECTION = "## Augmentation: per-face vs batched"
 TARGET_RATIO_CPU = 10.0  # batch 8, same process
 TARGET_DEVICE_MS_CUDA = 0.3  # batch 8
 IMAGE = 48
 
 
 def per_face_transform(cfg: AugmentConfig, pre: Preprocessing) -> Callable:
-    """The per-face path training used before issue 13 (torchvision v2, one call per face)."""
+    """The per-face path training used before augmentation was batched (torchvision v2, one call per face)."""
     augment = v2.Compose(
         [
             v2.RandomHorizontalFlip(cfg.hflip_p),

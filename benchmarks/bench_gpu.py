@@ -1,4 +1,4 @@
-"""GPU training step time (issue 4): precision x memory format x torch.compile mode, synthetic inputs.
+"""GPU training step time: precision x memory format x torch.compile mode, synthetic inputs.
 
 On the GPU machine, from the repo root (needs only torch and torchvision):
     python -m benchmarks.bench_gpu --markdown                                  # full matrix, batch 8

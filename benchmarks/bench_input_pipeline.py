@@ -1,14 +1,14 @@
-"""Input pipeline alone (issue 4): Arrow shards -> augmented batches of 8, vs. what training consumes.
+"""Input pipeline alone: Arrow shards -> augmented batches of 8, vs. what training consumes.
 
     python -m benchmarks.bench_input_pipeline                             # synthetic, FER2013-sized
     python -m benchmarks.bench_input_pipeline --data-dir dataset/fer2013  # the real prepared FER2013
 
 Measures images/s of the training DataLoader (batched Arrow reads of uint8 faces, each face's
-augmentation parameters, collation: the workers' whole job since issue 13) for 0, 1 and 2 workers, the
+augmentation parameters, collation: the workers' whole job since augmentation was batched) for 0, 1 and 2 workers, the
 same plus BatchAugment in the main process (what train_step adds on a CPU; on a GPU that part runs
 there), and the images/s one CPU training step
 of the default EmotionNet consumes at batch 8. The issue's target: pipeline images/s per worker >= 5x
-the training rate. Results go to docs/benchmarks.md, section "## Input pipeline (issue 4)".
+the training rate. Results go to docs/benchmarks.md, section "## Input pipeline".
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ TARGET_RATIO = 5.0
 # Assumed GPU step time for the default EmotionNet at batch 8 (fwd + bwd + AdamW, bf16): a few ms on an
 # H100, where kernel-launch overhead dominates. Not measured here (no GPU); replace with the GPU benchmark.
 GPU_STEP_MS = (2.0, 4.0)
-SECTION = "## Input pipeline (issue 4)"
+SECTION = "## Input pipeline"
 
 
 @dataclass

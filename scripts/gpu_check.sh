@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 14, docs/gpu.md): install the kit, then every GPU path, the benchmarks
+# The prepared GPU check (docs/gpu.md): install the kit, then every GPU path, the benchmarks
 # and the real recipe in one bounded run, with the evidence in $OUT/gpu_check.json and gpu_check.log.
 #
 #   make gpu-check            # full: <= 9.5 minutes on one H200 (see docs/gpu.md, "Time")

@@ -1,4 +1,4 @@
-"""Tracking and inference under hostile inputs and faults (issue 16): MLflow models that are never
+"""Tracking and inference under hostile inputs and faults: MLflow models that are never
 unpickled, credentials that never reach a message, images whose header claims a huge size, runs that
 create one SQLite store at the same moment, replay of a run that was never tracked, and corrupted model
 files. docs/reliability.md lists each promise with its test here.

@@ -1,4 +1,4 @@
-"""Training under hostile inputs and faults (issue 16): contained run names, checkpoints that run no code and
+"""Training under hostile inputs and faults: contained run names, checkpoints that run no code and
 are verified before they are trusted, one live run per run directory, torn logs, validation before side
 effects, and prompt SIGTERM handling. docs/reliability.md lists each promise with its test here.
 

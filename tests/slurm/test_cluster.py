@@ -1,4 +1,4 @@
-"""What the test cluster guarantees, as the training and preemption tests will rely on it (issue 6)."""
+"""What the test cluster guarantees, as the training and preemption tests will rely on it."""
 
 from __future__ import annotations
 

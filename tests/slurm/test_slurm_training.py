@@ -1,4 +1,4 @@
-"""Training through `emotionnet-launch slurm` on the real two-node test cluster (issue 6).
+"""Training through `emotionnet-launch slurm` on the real two-node test cluster.
 
 CPU jobs (gloo) with the tiny config: a job that prepares synthetic data and trains; a job that spans both
 nodes; a job that is preempted with SIGUSR1, checkpoints, requeues itself and finishes the same run.
