@@ -79,3 +79,16 @@ def test_bench_augment_smoke_ends_with_the_batch_8_json():
     assert (last["batch"], last["device"]) == (8, "cpu") and last["per_face_faces_s"] > 0
     assert last["ratio"] == pytest.approx(last["batched_faces_s"] / last["per_face_faces_s"], rel=0.01)
     assert [row[0] for row in markdown_rows(result.stdout)] == ["8", "2"]
+
+
+@pytest.mark.slow
+def test_bench_train_cpu_times_the_real_step_and_ends_with_its_json_line():
+    result = run_python(
+        "-m", "benchmarks.bench_train_cpu", "--rounds", "1", "--steps", "2", "--warmup", "1", "--synthetic",
+        "--doc", "",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["baseline_img_s"] > 0 and summary["new_img_s"] > 0
+    assert summary["ratio"] == pytest.approx(summary["new_img_s"] / summary["baseline_img_s"], rel=0.01)
+    assert "| baseline | `run.channels_last=false` `optim.fused=false` |" in result.stdout
