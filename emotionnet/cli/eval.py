@@ -27,7 +27,13 @@ from emotionnet.evaluation.evaluate import (
 from emotionnet.evaluation.plots import confusion_matrix_figure, save_figure
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.exit_codes import ExitCode, command_parser
-from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, ModelLoadError, pick_device
+from emotionnet.inference.ensemble import (
+    DEFAULT_MODEL_ENV,
+    FORWARD_BATCH,
+    Ensemble,
+    ModelLoadError,
+    pick_device,
+)
 from emotionnet.tracking.mlflow_tracker import short_http_retries
 from emotionnet.tracking.redact import redact_text
 
@@ -57,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
     parser.add_argument(
-        "--batch-size", type=_positive, default=256, help="faces per forward pass (default 256)"
+        "--batch-size",
+        type=_positive,
+        default=FORWARD_BATCH,
+        help=f"images per forward pass, TTA views included (default {FORWARD_BATCH})",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument(

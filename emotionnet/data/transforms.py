@@ -104,6 +104,9 @@ def tta_views(batch: torch.Tensor, mode: TTAMode, pre: Preprocessing) -> torch.T
     if mode == "flip":
         return torch.stack([batch, F.horizontal_flip(batch)])
     if mode == "tencrop":
-        crops = F.ten_crop(batch, [round(TENCROP_FRACTION * size)] * 2)
-        return torch.stack([F.resize(crop, [size, size], antialias=True) for crop in crops])
+        crops = torch.cat(F.five_crop(batch, [round(TENCROP_FRACTION * size)] * 2))
+        resized = F.resize(crops, [size, size], antialias=True).unflatten(0, (5, len(batch)))
+        # F.ten_crop's other five are the crops of the mirrored batch: the mirrored resized crops with left
+        # and right corners swapped. Mirroring after the resize halves the resizing.
+        return torch.cat([resized, F.horizontal_flip(resized[[1, 0, 3, 2, 4]])])
     raise ValueError(f"unknown TTA mode {mode!r}; expected one of {', '.join(TTA_MODES)}")

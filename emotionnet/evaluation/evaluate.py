@@ -19,7 +19,7 @@ from emotionnet.data.loaders import load_splits
 from emotionnet.data.transforms import TTAMode
 from emotionnet.evaluation.metrics import ClassificationReport, confusion_matrix
 from emotionnet.evaluation.result import EvalResult
-from emotionnet.inference.ensemble import Ensemble
+from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble
 from emotionnet.inference.export import DESCRIPTION_NAME
 
 # An Arrow dataset is scored on PublicTest unless told otherwise: it is the split models are selected and
@@ -77,17 +77,19 @@ def evaluate(
     ensemble: Ensemble,
     rows: datasets.Dataset,
     tta: TTAMode = "none",
-    batch_size: int = 256,
+    batch_size: int = FORWARD_BATCH,
     progress: bool = True,
 ) -> EvalResult:
-    """Score every row in batches (one pass over the data for all ensemble members)."""
+    """Score every row in batches (one pass over the data for all ensemble members).
+
+    batch_size: rows read at a time, and images per forward pass (TTA views included)."""
     probs, labels, row_ids = [], [], []
     batches = rows.with_format("numpy", columns=["image", "label", "row_id"]).iter(batch_size=batch_size)
     total = -(-len(rows) // batch_size)
     for batch in tqdm(batches, total=total, desc="eval", unit="batch", disable=not progress, file=sys.stderr):
         # The numpy formatter widens the uint8 faces; the models' preprocessing expects uint8.
         faces = torch.from_numpy(batch["image"].astype("uint8"))
-        probs.append(ensemble.predict_proba(faces, tta))
+        probs.append(ensemble.predict_proba(faces, tta, batch_size))
         labels.append(torch.from_numpy(batch["label"]).long())
         row_ids.append(torch.from_numpy(batch["row_id"]).long())
     probs_t, labels_t = torch.cat(probs), torch.cat(labels)

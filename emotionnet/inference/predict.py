@@ -28,13 +28,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_prep.schema import IMAGE_SIZE
-from emotionnet.inference.ensemble import Ensemble
+from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 CASCADE_NAME = "haarcascade_frontalface_default.xml"
 FACE_MARGIN = 0.1  # of the detected box's side, added on each side: Haar boxes cut the chin and brow
 MIN_FACE_PX = 30  # smaller detections are mostly false positives, and too blurry to classify anyway
-BATCH_SIZE = 64
 MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused (decoded as BGR: 150 MB at the limit)
 NOT_AN_IMAGE = "not an image file that can be read"
 DETECT_MAX_PIXELS = 4_000_000  # faces are searched in a copy downscaled to this (a 2449x1633 photo)
@@ -165,15 +164,16 @@ def _clip(box: tuple[int, ...], width: int, height: int) -> tuple[int, int, int,
 
 
 def classify(ensemble: Ensemble, crops: list[np.ndarray], tta: str, progress: bool) -> torch.Tensor:
-    """(N, K) probabilities of 48x48 uint8 crops, in batches."""
+    """(N, K) probabilities of 48x48 uint8 crops, FORWARD_BATCH faces at a time (their TTA views in
+    passes of FORWARD_BATCH images)."""
     if not crops:
         return torch.empty(0, len(ensemble.class_names))
     faces = torch.from_numpy(np.stack(crops))
-    starts = range(0, len(faces), BATCH_SIZE)
+    starts = range(0, len(faces), FORWARD_BATCH)
     bar = tqdm(
         starts, desc="classify", unit="batch", disable=not progress or len(starts) < 2, file=sys.stderr
     )
-    return torch.cat([ensemble.predict_proba(faces[i : i + BATCH_SIZE], tta) for i in bar])
+    return torch.cat([ensemble.predict_proba(faces[i : i + FORWARD_BATCH], tta) for i in bar])
 
 
 def annotate(bgr: np.ndarray, faces: list[Face]) -> np.ndarray:
