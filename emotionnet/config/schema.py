@@ -124,6 +124,7 @@ class RunConfig:
     log_sample_ids: bool = False  # write each rank's consumed row ids to <run>/samples/ (data-order audit)
     # NHWC activations for the model and its batches: 1.9x the CPU training throughput of NCHW with
     # oneDNN's convolutions (docs/benchmarks.md, "CPU training throughput"); GPUs' tensor cores want it too.
+    # Not under DeepSpeed, which flattens parameters as contiguous bytes.
     channels_last: bool = True
     # CPU threads per process (torch.set_num_threads); None: torch's default (all cores). One thread per
     # process is fastest for small models on a busy or small machine (the demo, 2 CPU processes).

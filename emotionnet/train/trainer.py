@@ -160,7 +160,11 @@ class Trainer:
         set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)
         model = create_model(cfg.model)
         set_seed(cfg.run.seed, device_specific=True)
-        if cfg.run.channels_last:
+        # DeepSpeed flattens and broadcasts parameters as contiguous bytes: NHWC conv weights are refused.
+        self.channels_last = (
+            cfg.run.channels_last and accelerator.distributed_type != DistributedType.DEEPSPEED
+        )
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.mixed_precision != "no":
             # DeepSpeed trains in bf16/fp16 weights. ZeRO-2 casts the whole module, ZeRO-3 only the
@@ -495,7 +499,7 @@ class Trainer:
         """
         acc = self.accelerator
         images = self.augment(batch["pixel_values"], batch.get("augment")).to(self.input_dtype)
-        if self.cfg.run.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = batch["labels"]
         if self.batch_mixing is not None:
