@@ -1,6 +1,6 @@
 """CPU inference throughput: `Ensemble.predict_proba` on decoded faces, before and after the speed-ups.
 
-    python -m benchmarks.bench_inference                    # ~3 minutes on a shared 2-core CPU
+    python -m benchmarks.bench_inference                    # 2-5 minutes on a shared 2-core CPU
     python -m benchmarks.bench_inference --synthetic --faces 16 --rounds 1 --doc ''   # smoke run
 
 Faces are the first `--faces` PublicTest rows of dataset/fer2013, decoded to uint8 48x48 beforehand
@@ -69,7 +69,7 @@ def decoded_faces(count: int, synthetic: bool) -> tuple[torch.Tensor, str]:
 
     rows = load_splits(REAL_DATA)["validation"]
     count = min(count, len(rows))
-    images = rows.select(range(count)).with_format("numpy", columns=["image"])["image"]
+    images = rows.with_format("numpy", columns=["image"])[:count]["image"]
     return torch.from_numpy(images.astype("uint8")), f"the first {count} PublicTest faces of {REAL_DATA}"
 
 
@@ -115,7 +115,8 @@ def report(command: str, data: str, modes: list[str], rates: dict, diffs: dict, 
         "`Ensemble.predict_proba`; before = the model as exported, one TTA view per forward pass of "
         f"{PREVIOUS_BATCH} faces; passes = the model as exported, views streamed through passes of "
         f"{FORWARD_BATCH} images; now = BatchNorm folded and channels_last, passes of {FORWARD_BATCH}. "
-        f"Variants alternate within each of {args.rounds} rounds; median faces/s of the rounds.",
+        "All three run under torch.inference_mode with the current ten-crop views. Variants alternate "
+        f"within each of {args.rounds} rounds; median faces/s of the rounds.",
         "",
         "| TTA | before | passes | now | now / before | max prob. difference |",
         "|---|---:|---:|---:|---:|---:|",

@@ -28,7 +28,8 @@ from emotionnet.run_layout import EXPORTS
 DEFAULT_MODEL_ENV = "EMOTIONNET_MODEL"
 MLFLOW_URI_SCHEMES = ("runs:/", "models:/")
 # Images (TTA views included) per forward pass. On a 2-core CPU 128 ran fastest: 64 pays more per-call
-# overhead, and from 512 on the activations no longer stay in cache (1,000 vs 1,900 faces/s at 1,024).
+# overhead, and from 512 on the activations no longer stay in cache (1,150 faces/s at 1,024 per pass, 1,970
+# at 128; docs/benchmarks.md, "Inference levers (CPU)").
 FORWARD_BATCH = 128
 
 
@@ -191,7 +192,8 @@ class Ensemble:
     ) -> torch.Tensor:
         """uint8 faces (B, H, W) or (B, 1, H, W) -> averaged class probabilities (B, K) on the CPU.
 
-        batch_size: images per forward pass, TTA views included (any B is split or filled up to it).
+        batch_size: images per forward pass, TTA views included (the views of all B faces are cut
+        into passes of this many, whatever B is).
         """
         total = None
         for member in self.members:

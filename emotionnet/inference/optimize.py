@@ -1,8 +1,8 @@
 """A loaded model made fast to run for inference only: BatchNorm folded into the convolutions, channels_last.
 
 Both change only the order of floating-point operations: probabilities agree with the model as exported
-within about 1e-6. On a 2-core CPU together they give about 1.5x the faces per second of the plain
-model (docs/benchmarks.md, "Inference throughput (CPU)").
+within about 1e-6. What they gain on a 2-core CPU: docs/benchmarks.md, "Inference throughput (CPU)"
+and "Inference levers (CPU)".
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 class InferenceModel(nn.Module):
     """An eval-mode model for inference only: BatchNorm folded, weights and inputs channels_last.
 
-    channels_last lets oneDNN run the (mostly depthwise and 1x1) convolutions without reordering every
-    activation to its blocked layout and back; folding removes one pass over each conv's output.
+    The backbone is mostly depthwise and 1x1 convolutions, which oneDNN runs faster on channels_last
+    tensors; folding saves a pass over every conv's output.
     """
 
     def __init__(self, model: nn.Module) -> None:
