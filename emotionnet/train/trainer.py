@@ -319,7 +319,7 @@ class Trainer:
 
     def _restore_schedule_length(self) -> None:
         """After a resume: a time-budgeted run keeps its last planned step count (so the resumed run
-        continues the same curve) until its next epoch end re-plans it with the budget it has left; any
+        continues the same curve) until its next sync point re-plans it with the budget it has left; any
         other run takes this launch's budget_steps / num_epochs."""
         if self.cfg.run.time_budget_min is None:
             self.lr_schedule.total_steps = self._schedule_steps(self.steps_per_epoch)
