@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+from data_prep.files import write_atomic
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 DOC_TITLE = "# Benchmarks"
 
@@ -31,9 +33,7 @@ def write_section(doc: Path, section: str) -> None:
         tail = "".join(lines[end:])
         text = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
     doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(doc)
+    write_atomic(doc, text)
 
 
 def publish(section: str, doc: str | None) -> None:

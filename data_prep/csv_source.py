@@ -16,7 +16,6 @@ where the read blocks end. Each block is validated on a worker thread:
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import warnings
 import zlib
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_prep.files import file_sha256
 from data_prep.records import BadRow, Chunk, PrepError, SourceInfo
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS, USAGE_TO_SPLIT
 
@@ -59,14 +59,6 @@ def is_gzip(path: Path) -> bool:
         return True
     with open(path, "rb") as f:
         return f.read(2) == _GZIP_MAGIC
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_header(path: Path, gzipped: bool) -> list[str]:
@@ -132,7 +124,7 @@ class CsvSource:
                 ThreadPoolExecutor(max_workers=_WORKERS) as pool,
                 ThreadPoolExecutor(max_workers=1) as reader,
             ):
-                sha256 = pool.submit(_sha256_file, self.path)
+                sha256 = pool.submit(file_sha256, self.path)
                 reads = deque(reader.submit(read) for _ in range(_READ_AHEAD))
                 cutter = LineCutter()
                 # Blocks are validated on a few threads (numpy and arrow release the GIL while parsing)

@@ -28,15 +28,14 @@ and written in chunks.
 from __future__ import annotations
 
 import gzip
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from data_prep.files import atomic_file
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES, NUM_PIXELS
 
 _CHUNK_ROWS = 1024  # part of the output's definition: chunk c is drawn from the generator seeded (seed, c)
@@ -163,37 +162,30 @@ def write_synthetic_csv(path: str | Path, rows: int, seed: int = 0, progress: bo
     path = Path(path)
     train, public, _ = usage_counts(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            # mtime=0 and no file name in the header: the same (rows, seed) gives the same bytes. Level 1:
-            # noisy pixels barely compress further, and level 9 is 10x slower.
-            out = (
-                gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=1)
-                if path.suffix == ".gz"
-                else raw
-            )
-            out.write(b"emotion,pixels,Usage\n")
-            with tqdm(
-                total=rows, unit="row", desc=f"synth {path.name}", file=sys.stderr, disable=not progress
-            ) as bar:
-                for chunk, start in enumerate(range(0, rows, _CHUNK_ROWS)):
-                    rng = np.random.default_rng([seed, chunk])
-                    index = np.arange(start, min(rows, start + _CHUNK_ROWS))
-                    labels = rng.integers(0, NUM_CLASSES, len(index))
-                    usages = np.where(
-                        index < train,
-                        "Training",
-                        np.where(index < train + public, "PublicTest", "PrivateTest"),
-                    )
-                    pixels = _pixel_text(render_faces(labels, rng))
-                    out.write(b"".join(b"%d,%s,%s\n" % (label, px, usage.encode()) for label, px, usage in zip(labels, pixels, usages, strict=True)))  # fmt: skip
-                    bar.update(len(index))
-            if out is not raw:
-                out.close()
-        os.chmod(tmp_name, 0o644)  # mkstemp's files are owner-only
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as raw:
+        # mtime=0 and no file name in the header: the same (rows, seed) gives the same bytes. Level 1:
+        # noisy pixels barely compress further, and level 9 is 10x slower.
+        out = (
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=1)
+            if path.suffix == ".gz"
+            else raw
+        )
+        out.write(b"emotion,pixels,Usage\n")
+        with tqdm(
+            total=rows, unit="row", desc=f"synth {path.name}", file=sys.stderr, disable=not progress
+        ) as bar:
+            for chunk, start in enumerate(range(0, rows, _CHUNK_ROWS)):
+                rng = np.random.default_rng([seed, chunk])
+                index = np.arange(start, min(rows, start + _CHUNK_ROWS))
+                labels = rng.integers(0, NUM_CLASSES, len(index))
+                usages = np.where(
+                    index < train,
+                    "Training",
+                    np.where(index < train + public, "PublicTest", "PrivateTest"),
+                )
+                pixels = _pixel_text(render_faces(labels, rng))
+                out.write(b"".join(b"%d,%s,%s\n" % (label, px, usage.encode()) for label, px, usage in zip(labels, pixels, usages, strict=True)))  # fmt: skip
+                bar.update(len(index))
+        if out is not raw:
+            out.close()
     return path

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_prep.files import write_atomic
 from emotionnet import assets
 from launcher import values
 from launcher.accelerate_cmd import (
@@ -213,10 +214,7 @@ def _write_script(opts: SlurmOptions, job_name: str, text: str) -> Path:
     """Keep the rendered script next to the logs (SLURM runs its own copy), written via a temp file."""
     opts.log_dir.mkdir(parents=True, exist_ok=True)
     path = opts.log_dir.resolve() / f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sbatch"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    tmp.replace(path)
+    write_atomic(path, text, mode=0o755)
     return path
 
 

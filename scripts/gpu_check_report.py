@@ -29,6 +29,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data_prep without installing the package
+from data_prep.files import write_atomic  # noqa: E402
+
 SKIP = 77
 TIMED_OUT = (124, 137)
 TAIL_LINES = 25
@@ -40,9 +43,7 @@ def load(path: Path) -> dict:
 
 
 def save(path: Path, report: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(report, indent=1) + "\n")
 
 
 def tail(path: Path | None, lines: int = TAIL_LINES) -> str:
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         save(args.json, report)
         return 0
     # Checks may finish concurrently (the data prep runs beside the tests): one writer at a time.
-    # The lock is on the folder: no extra file comes back with the results.
+    # The lock is on the folder: no extra file among the results.
     folder = os.open(args.json.parent, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)

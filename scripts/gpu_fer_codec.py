@@ -1,4 +1,4 @@
-"""Compact lossless copy of a FER2013 CSV for the GPU kit (numpy and the standard library only).
+"""Compact lossless copy of a FER2013 CSV for the GPU kit (numpy, the standard library and data_prep/files.py).
 
     python scripts/gpu_fer_codec.py encode fer2013_dev.csv.gz .gpu-kit/fer2013     # -> .xz + .json
     python scripts/gpu_fer_codec.py decode .gpu-kit/fer2013 fer2013.csv             # the CSV, byte for byte
@@ -23,11 +23,13 @@ import gzip
 import hashlib
 import json
 import lzma
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data_prep without installing the package
+from data_prep.files import write_atomic  # noqa: E402
 
 FORMAT = "emotionnet-fer-med-xz/1"
 SIDE = 48
@@ -131,13 +133,6 @@ def csv_bytes(pixels: np.ndarray, labels: np.ndarray, usage: np.ndarray, newline
     return (newline.join(lines) + newline).encode("ascii")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def encode(source: Path, stem: Path) -> dict:
     """Write `<stem>.xz` and `<stem>.json`; returns the json's content."""
     pixels, labels, usage, newline, source_sha256 = read_fer_csv(source)
@@ -155,6 +150,7 @@ def encode(source: Path, stem: Path) -> dict:
         "raw_pixel_bytes": int(pixels.size),
         "packed_bytes": len(packed),
     }
+    stem.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(stem.with_suffix(".xz"), packed)
     write_atomic(stem.with_suffix(".json"), (json.dumps(meta, indent=1) + "\n").encode())
     return meta
@@ -185,6 +181,7 @@ def decode(stem: Path, out_csv: Path) -> dict:
     got = hashlib.sha256(text).hexdigest()
     if got != meta["csv_sha256"]:
         raise CodecError(f"{packed_path}: decoded CSV sha256 {got} != {meta['csv_sha256']}")
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out_csv, text)
     return meta
 

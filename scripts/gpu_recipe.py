@@ -5,7 +5,7 @@
 
 Trains `configs/train/fer2013.yaml` (per-device batch 8, bf16) with `run.time_budget_min`: the trainer
 times its warm-up, fixes the step count that fits the budget (per-epoch validation included) and ends
-the cosine on the last step. MLflow is off (not installed on the GPU machine). Validation (PublicTest)
+the cosine on the last step. MLflow is off (the GPU kit leaves it out). Validation (PublicTest)
 runs at every epoch end; the times to 60/65/70% and the best accuracy come from metrics.jsonl, measured
 from the launch (so they include start-up). A run still going a minute past the budget (start-up and
 final exports are outside it) gets SIGTERM (it checkpoints and exits 75) and still counts. The best
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # data_prep without installing the package
+from data_prep.files import atomic_file  # noqa: E402
+
 RECIPE = REPO / "configs" / "train" / "fer2013.yaml"
 THRESHOLDS = (0.60, 0.65, 0.70)
 OVERRUN_S = 60.0  # past budget + this, SIGTERM (checkpoint, exit 75); SIGKILL as long again after it
@@ -105,10 +107,8 @@ def bundle(run_dir: Path, data: Path, command: list[str], work: Path, out: Path)
         return {"bundle_error": f"bundle_model.py exited {done.returncode}"}
     for name in ("metrics.jsonl", "config.yaml"):
         shutil.copy2(run_dir / name, target / name)
-    tmp = out / "recipe_model.tar.gz.tmp"
-    with tarfile.open(tmp, "w:gz") as tar:
+    with atomic_file(out / "recipe_model.tar.gz") as tmp, tarfile.open(tmp, "w:gz") as tar:
         tar.add(target, arcname="recipe_model")
-    os.replace(tmp, out / "recipe_model.tar.gz")
     figures = {
         "model_tar": "recipe_model.tar.gz",
         "model_tar_bytes": (out / "recipe_model.tar.gz").stat().st_size,

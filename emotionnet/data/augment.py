@@ -14,6 +14,10 @@ Two halves, so that the device does a fixed handful of batched kernels and nothi
   random erasing as a box mask on the normalized image. Every step is elementwise or per face, so a
   face's result does not depend on the other faces in its batch.
 
+`augment_faces` runs both halves on a batch at hand. `augment_grid` draws what a configuration does to a
+few faces over the epochs; `write_augment_grid` saves it as a PNG (the run's report, `emotionnet-summary
+--augment-grid`).
+
 Parameter ranges follow torchvision's v2 ops (RandomResizedCrop, RandomHorizontalFlip, RandomAffine,
 ColorJitter, RandomErasing; fill 0; erased pixels become the normalization mean). Differences: the crop
 and the erased box are drawn once, not retried up to 10 times (a crop that does not fit is the whole
@@ -27,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
+from data_prep.files import atomic_file
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig
 
@@ -300,7 +304,6 @@ def write_png(image: torch.Tensor, path: str | Path) -> Path:
     """A uint8 (C, H, W) image as a PNG, written atomically (temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
     return path

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
+from data_prep.files import file_sha256
 from data_prep.manifest import Manifest
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.records import PrepError
@@ -24,14 +24,6 @@ class DataSourceError(ValueError):
 
 def is_prepared(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST_NAME).is_file()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_data_dir(cfg: DataConfig) -> Path:

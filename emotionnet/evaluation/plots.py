@@ -7,8 +7,6 @@ training run draws one per epoch). `save_figure` writes one atomically and relea
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from data_prep.files import atomic_file
 
 
 def _figure(**kwargs) -> Figure:
@@ -118,15 +118,9 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Write the figure (format from the suffix) to a sibling temp file, rename it into place, release it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp's files are owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi)
     finally:
         fig.clear()  # drop the artists now rather than at the next garbage collection
     return path

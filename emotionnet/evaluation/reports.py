@@ -7,12 +7,12 @@ uploads them later) and can be looked at without MLflow.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import datasets
 import numpy as np
 
+from data_prep.files import write_atomic
 from data_prep.schema import CLASS_NAMES
 from emotionnet.evaluation.plots import (
     confusion_matrix_figure,
@@ -30,12 +30,6 @@ def evaluation_report_name(split: str, epoch: int) -> str:
     return f"{split}_epoch_{epoch:03d}" if split == "validation" else split
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_evaluation_report(
     directory: Path,
     result: EvalResult,
@@ -47,11 +41,11 @@ def write_evaluation_report(
     support) and, when the split's images are given, misclassified.png. Returns `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     report = result.report
-    _write_text(
+    write_atomic(
         directory / "report.json",
         json.dumps({"title": title, "loss": result.loss, **report.as_dict(CLASS_NAMES)}, indent=2) + "\n",
     )
-    _write_text(directory / "report.md", f"# {title}\n\n```\n{report.format_table(CLASS_NAMES)}\n```\n")
+    write_atomic(directory / "report.md", f"# {title}\n\n```\n{report.format_table(CLASS_NAMES)}\n```\n")
     save_figure(
         confusion_matrix_figure(
             report.confusion, CLASS_NAMES, normalize=True, title=f"{title} (row-normalized)"

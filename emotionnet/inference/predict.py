@@ -14,9 +14,7 @@ full image; images are decoded one at a time and not kept.
 from __future__ import annotations
 
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from data_prep.files import write_atomic
 from data_prep.schema import IMAGE_SIZE
 from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble
 
@@ -201,15 +200,7 @@ def write_image_atomic(path: Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(path.suffix, image)
     if not ok:
         raise OSError(f"OpenCV cannot encode {path.suffix} images")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(encoded.tobytes())
-        os.chmod(tmp, 0o644)  # mkstemp's files are owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, encoded.tobytes())
 
 
 def annotated_path(out_dir: Path, source: Path, taken: set[Path]) -> Path:

@@ -1,4 +1,6 @@
-"""MLflow tracking of training runs: `TrackingConfig` and the `MlflowTracker` trainer callback.
+"""MLflow tracking of training runs: where runs go (`connect`, `build_trackers`), what a run logs (tags, the
+dataset, the best model, `RunRecord`), and the `MlflowTracker` trainer callback. Configured by
+`TrackingConfig` (emotionnet/config/schema.py).
 
 Why MLflow's own API rather than accelerate's `MLflowTracker`: accelerate's tracker logs params and
 scalars through `accelerator.log` only. It cannot log a dataset input, figures or a model, has no
@@ -51,6 +53,7 @@ import numpy as np
 import torch
 import yaml
 
+from data_prep.files import write_atomic
 from data_prep.manifest import Manifest
 from data_prep.schema import CLASS_NAMES, IMAGE_SIZE, MANIFEST_NAME
 from emotionnet.config.loader import flatten, to_dict
@@ -275,9 +278,7 @@ class RunRecord:
 
     def write(self, run_dir: Path) -> None:
         path = RunLayout(run_dir).mlflow_record
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.__dict__, indent=2) + "\n")
 
 
 def log_best_model(export_dir: Path, cfg: TrackingConfig, step: int, example_faces: np.ndarray | None = None):

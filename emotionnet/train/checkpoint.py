@@ -24,7 +24,7 @@ from accelerate.utils import load as torch_load_plain_data
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from emotionnet.data.source import file_sha256
+from data_prep.files import file_sha256, write_atomic
 from emotionnet.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,7 @@ def write_manifest(directory: Path, step: int, num_processes: int) -> None:
         if p.is_file() and p.name != MANIFEST
     }
     manifest = {"step": step, "num_processes": num_processes, "files": files}
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, directory / MANIFEST)
+    write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def verify_checkpoint(path: Path, num_processes: int) -> None:

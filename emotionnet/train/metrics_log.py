@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
+
+from data_prep.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,5 @@ class MetricsLog:
         records, torn = self._read()
         kept = [r for r in records if r["step"] <= step]
         if torn or len(kept) != len(records):
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         return len(records) - len(kept)
