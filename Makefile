@@ -39,8 +39,8 @@ format:
 clean:
 	rm -rf $(VENV) demo outputs *.egg-info
 
-# GPU check (docs/gpu.md). gpu-kit: what the lent GPU machine lacks, in .gpu-kit/ (needs `make install`
-# and ../shared/fer2013). gpu-check: run there with .gpu-kit carried; QUICK=1 tests + batch-8 benchmark
+# GPU check (docs/gpu.md). gpu-kit: what an air-gapped CUDA node lacks, in .gpu-kit/ (needs `make install`
+# and ../shared/fer2013). gpu-check: run there with .gpu-kit copied in; QUICK=1 tests + batch-8 benchmark
 # only; CPU=1 the same script dry on the CPU (tiny sizes, CUDA-only checks skipped). OUT=dir for results.
 .PHONY: gpu-kit gpu-check
 gpu-kit:

@@ -1,6 +1,6 @@
 """GPU training step time: precision x memory format x torch.compile mode, synthetic inputs.
 
-On the GPU machine, from the repo root (needs only torch and torchvision):
+On a CUDA machine, from the repo root (needs only torch and torchvision):
     python -m benchmarks.bench_gpu --markdown                                  # full matrix, batch 8
     python -m benchmarks.bench_gpu --compile eager --batch-sizes 8,64,256      # eager only, fast
     python -m benchmarks.bench_gpu --compile reduce-overhead --precisions bf16
@@ -22,7 +22,7 @@ AugmentSampler beforehand, as the DataLoader workers do) copied to the device, B
 the step above. At batch 8 that adds the copy and ~25 small augmentation kernels to the model's step.
 
 Imports only torch, torchvision, numpy and emotionnet.model.emotionnet / emotionnet.data: no datasets,
-MLflow, DeepSpeed or Accelerate needed on the device machine.
+MLflow, DeepSpeed or Accelerate needed on the CUDA machine.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Measures images/s of the training DataLoader (batched Arrow reads of uint8 faces
 augmentation parameters, collation: the workers' whole job since augmentation was batched) for 0, 1 and 2 workers, the
 same plus BatchAugment in the main process (what train_step adds on a CPU; on a GPU that part runs
 there), and the images/s one CPU training step
-of the default EmotionNet consumes at batch 8. The issue's target: pipeline images/s per worker >= 5x
+of the default EmotionNet consumes at batch 8. The target: pipeline images/s per worker >= 5x
 the training rate. Results go to docs/benchmarks.md, section "## Input pipeline".
 """
 

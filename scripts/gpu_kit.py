@@ -1,16 +1,16 @@
-"""`make gpu-kit`: what the lent GPU machine lacks, in .gpu-kit/, checked against the 64 MiB carry budget.
+"""`make gpu-kit`: what an air-gapped CUDA node lacks, in .gpu-kit/, checked against a 64 MiB size budget.
 
     python scripts/gpu_kit.py                      # wheels + FER2013 copy + size check
     python scripts/gpu_kit.py --no-data            # wheels only (e.g. without ../shared)
     python scripts/gpu_kit.py --size-only          # the size check of what is there, nothing fetched
 
-The GPU machine has Python 3.12, torch, accelerate, transformers, pyarrow, pandas, numpy and no
-internet. The kit holds:
+The node is taken to have Python 3.12, torch, accelerate, transformers, pyarrow, pandas and numpy, no
+internet, and room for at most 64 MiB copied in with the checkout. The kit holds:
   wheels/           Python 3.12 manylinux x86-64 wheels of the packages below (no dependencies
                     resolved by pip: the list is explicit), and DeepSpeed's sdist (built there with
                     --no-build-isolation, ops JIT-compiled when used)
   fer2013.xz/.json  FER2013 Training + PublicTest, losslessly coded by scripts/gpu_fer_codec.py
-MLflow is left out (4 MB of wheels plus dependencies): tracking stays off on the device and is tested on CPU.
+MLflow is left out (4 MB of wheels plus dependencies): tracking stays off on the node and is tested on CPU.
 Versions: constraints.txt where it pins one, else the version installed here (the tested combination).
 """
 
@@ -31,7 +31,7 @@ DEFAULT_FER = REPO.parent / "shared" / "fer2013" / "fer2013_dev.csv.gz"
 BUDGET_MIB = 64
 # What the check needs; scripts/gpu_kit_install.py installs each kit file whose distribution is missing.
 TOP_LEVEL = ("datasets", "deepspeed", "pytest", "pytest-timeout")
-# Dependencies of TOP_LEVEL that the device may lack, and setuptools/wheel to build DeepSpeed and the
+# Dependencies of TOP_LEVEL that the node may lack, and setuptools/wheel to build DeepSpeed and the
 # project without build isolation (a fresh Python 3.12 environment has neither): see BUILD_TOOLS.
 DEPENDENCIES = (
     "dill", "multiprocess",                                              # datasets
@@ -86,7 +86,7 @@ def download(specs: list[str], wheels: Path, binary: bool) -> None:
 
 
 def tree_bytes() -> int:
-    """What travels besides carried paths: tracked files and untracked files git does not ignore."""
+    """The checkout as copied to the node: tracked files and untracked files git does not ignore."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, capture_output=True, check=True,
@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / ".gpu-kit")
-    parser.add_argument("--fer", type=Path, default=DEFAULT_FER, help="FER2013 CSV(.gz) to carry")
+    parser.add_argument("--fer", type=Path, default=DEFAULT_FER, help="FER2013 CSV(.gz) to copy")
     parser.add_argument("--no-data", action="store_true", help="wheels only")
     parser.add_argument("--size-only", action="store_true", help="only check the size of what is there")
     parser.add_argument("--budget-mib", type=float, default=BUDGET_MIB)
-    parser.add_argument("--carry", type=Path, action="append", default=[],
-                        help="another carried path to count against the budget (repeatable)")  # fmt: skip
+    parser.add_argument("--extra", type=Path, action="append", default=[],
+                        help="another path copied to the node, counted against the budget (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
 
     wheels = args.out / "wheels"
@@ -139,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parts["FER2013 copy"] = sum(
         stem.with_suffix(s).stat().st_size for s in (".xz", ".json") if stem.with_suffix(s).exists()
     )
-    parts.update({str(p): dir_bytes(p) if p.is_dir() else p.stat().st_size for p in args.carry})
+    parts.update({str(p): dir_bytes(p) if p.is_dir() else p.stat().st_size for p in args.extra})
     total = sum(parts.values())
     for name, size in parts.items():
         print(f"  {mib(size):>10}  {name}")
     print(f"  {mib(total):>10}  total, budget {args.budget_mib:g} MiB")
     if total > args.budget_mib * 2**20:
-        print(f"gpu_kit: over budget by {mib(total - int(args.budget_mib * 2**20))}: the tree and carried paths "
+        print(f"gpu_kit: over budget by {mib(total - int(args.budget_mib * 2**20))}: the tree, the kit and extra paths "
               f"must fit in {args.budget_mib:g} MiB; drop a package or re-code the data", file=sys.stderr)  # fmt: skip
         return 1
     return 0

@@ -9,7 +9,7 @@ kit's own files and with --no-deps, so pip never resolves (and never replaces) t
 go first: setuptools/wheel must be there before DeepSpeed's sdist and the project build without
 build isolation. DeepSpeed builds no ops (DS_BUILD_OPS=0): they are JIT-compiled when used. Then
 the project itself (--no-deps, editable), unless this checkout is already what `emotionnet` imports.
-`pip check` is printed for the log; its complaints are not fatal (versions beside the device's own).
+`pip check` is printed for the log; its complaints are not fatal (versions beside the machine's own).
 """
 
 from __future__ import annotations

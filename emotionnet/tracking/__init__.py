@@ -1,1 +1,1 @@
-"""MLflow: the trainer callback, replay after an outage, the UI launcher, redaction of secrets."""
+"""MLflow: the trainer callback, the logged model, replay after an outage, the UI launcher, redaction of secrets."""

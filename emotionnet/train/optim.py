@@ -3,7 +3,7 @@ schedule: linear warm-up, then one cosine over the whole run or cosine cycles wi
 
 The run's length is epochs, steps (`schedule.budget_steps`) or wall-clock minutes (`run.time_budget_min`).
 For minutes the trainer plans the number of steps that fit (`emotionnet/train/budget.py`) after the warm-up
-and again at every epoch end, and hands it to the schedule, whose attributes are saved with the
+and again at every sync point, and hands it to the schedule, whose attributes are saved with the
 scheduler's state, so a resumed run continues the same curve.
 """
 
