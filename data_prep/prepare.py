@@ -69,10 +69,16 @@ def open_source(path: Path, block_bytes: int = DEFAULT_BLOCK_BYTES) -> CsvSource
 def prepare(input_path: str | Path, output_dir: str | Path, options: PrepOptions = PrepOptions()) -> Manifest:
     """Convert a FER2013 CSV / CSV.gz / image folder to a DatasetDict at output_dir; return its manifest.
 
-    Raises PrepError (BadRowsError for strict-mode bad rows) with a user-facing message; output_dir is
-    then left as it was."""
+    Raises PrepError (BadRowsError for strict-mode bad rows) with a user-facing message, also for an
+    OSError such as a read-only output location or a full disk; output_dir is then left as it was."""
+    try:
+        return _prepare(Path(input_path), Path(output_dir), options)
+    except OSError as err:
+        raise PrepError(f"{err.filename or output_dir}: {err.strerror or err}; nothing was written") from err
+
+
+def _prepare(input_path: Path, output_dir: Path, options: PrepOptions) -> Manifest:
     started = time.perf_counter()
-    input_path, output_dir = Path(input_path), Path(output_dir)
     source = open_source(input_path, options.block_bytes)
     quarantine = options.on_bad_rows == "quarantine"
     with atomic_output_dir(output_dir, options.overwrite) as tmp:

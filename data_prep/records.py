@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emotionnet.errors import UserError
 
-class PrepError(Exception):
+
+class PrepError(UserError):
     """Bad input or refused output; the message is one sentence meant for the user, shown without a traceback."""
 
 

@@ -23,6 +23,7 @@ _PUBLIC = {
     "Ensemble": "emotionnet.inference.ensemble",
     "load_export": "emotionnet.inference.export",
     "ExitCode": "emotionnet.exit_codes",
+    "UserError": "emotionnet.errors",
 }
 __all__ = [
     "EmotionNet",
@@ -32,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "Trainer",
+    "UserError",
     "create_model",
     "evaluate",
     "load_export",
@@ -42,6 +44,7 @@ __all__ = [
 if TYPE_CHECKING:
     from emotionnet.config.recipes import load_train_config
     from emotionnet.config.schema import TrainConfig
+    from emotionnet.errors import UserError
     from emotionnet.evaluation.evaluate import evaluate
     from emotionnet.evaluation.result import EvalResult
     from emotionnet.exit_codes import ExitCode

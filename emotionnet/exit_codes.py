@@ -9,7 +9,7 @@ from enum import IntEnum
 class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # an unexpected failure (a bug or an environment fault): the traceback says where
-    BAD_INPUT = 2  # bad arguments, configuration, data or model file; reported in one line
+    BAD_INPUT = 2  # a UserError (emotionnet/errors.py): bad arguments, configuration, data, files; one line
     NONFINITE = 3  # training stopped because the loss became NaN/Inf
     BUSY = 4  # the run directory is in use by another live run
     PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; resume later
@@ -19,7 +19,8 @@ class ExitCode(IntEnum):
 MEANINGS = {
     ExitCode.OK: "success",
     ExitCode.FAILED: "unexpected failure (see the traceback)",
-    ExitCode.BAD_INPUT: "bad arguments, configuration, data or model file (one line says which)",
+    ExitCode.BAD_INPUT: "bad arguments, configuration, data, model file, run directory or tracking store "
+    "(one line says which)",
     ExitCode.NONFINITE: "training stopped: the loss became NaN/Inf",
     ExitCode.BUSY: "the run directory is in use by another run",
     ExitCode.PREEMPTED: "stopped by SIGTERM/SIGUSR1 after saving a checkpoint: resume with --resume latest",

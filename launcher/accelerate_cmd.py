@@ -17,6 +17,7 @@ from typing import Literal
 import yaml
 
 from emotionnet import assets
+from emotionnet.errors import UserError
 from launcher import values
 
 ACCELERATE_CONFIGS = assets.CONFIGS / "accelerate"
@@ -28,7 +29,7 @@ PRECISIONS: tuple[Precision, ...] = ("no", "bf16", "fp16")
 DEFAULT_MODULE = "emotionnet.cli.train"
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """A combination of launch options that cannot work; the message is one sentence for the user."""
 
 

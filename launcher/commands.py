@@ -120,6 +120,7 @@ def slurm_parser() -> argparse.ArgumentParser:
         prog=f"{PROG} slurm",
         description="Render slurm/train.sbatch for these resources and submit it (or show it with --dry-run).",
         epilog=exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the exit-code table keeps its rows
         allow_abbrev=False,
     )
     _add_launch_options(parser, "per node")

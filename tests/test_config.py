@@ -92,7 +92,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
         timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("emotionnet-train: configuration error: unknown key optim.nope")
+    assert result.stderr.strip().startswith("emotionnet-train: error: unknown key optim.nope")
     assert "Traceback" not in result.stderr
 
 

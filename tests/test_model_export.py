@@ -42,6 +42,7 @@ def test_an_export_of_an_unknown_format_version_is_refused_by_name(tmp_path, ver
     from emotionnet.inference.export import (
         DESCRIPTION_NAME,
         EXPORT_FORMAT_VERSION,
+        ExportError,
         read_description,
         save_export,
     )
@@ -54,6 +55,6 @@ def test_an_export_of_an_unknown_format_version_is_refused_by_name(tmp_path, ver
     description["format_version"] = version
     (export / DESCRIPTION_NAME).write_text(json.dumps(description))
     with pytest.raises(
-        ValueError, match=rf"export format version {version!r}, but this EmotionNet reads version 1"
+        ExportError, match=rf"export format version {version!r}, but this EmotionNet reads version 1"
     ):
         read_description(export)

@@ -141,7 +141,7 @@ def test_nonfinite_loss_stops_with_step_and_last_checkpoint(tmp_path, data_dir):
                                "checkpoint.every_steps=1000"))  # fmt: skip
     assert result.returncode == 3, result.stderr[-3000:]
     (message,) = [line for line in result.stderr.splitlines() if line.startswith("emotionnet-train:")]
-    assert message.startswith("emotionnet-train: loss became NaN/Inf at step ")
+    assert message.startswith("emotionnet-train: error: loss became NaN/Inf at step ")
     assert message.endswith("last good checkpoint: none saved yet")
 
 

@@ -9,11 +9,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data_prep.records import PrepError
 from data_prep.schema import SPLITS
+from emotionnet.cli import report_user_error
 from emotionnet.config.schema import TrackingConfig
-from emotionnet.data.loaders import DatasetNotPreparedError
 from emotionnet.data.transforms import TTA_MODES
+from emotionnet.errors import UserError
 from emotionnet.evaluation.evaluate import (
     ALL_ROWS,
     DEFAULT_ARROW_SPLIT,
@@ -31,11 +31,9 @@ from emotionnet.inference.ensemble import (
     DEFAULT_MODEL_ENV,
     FORWARD_BATCH,
     Ensemble,
-    ModelLoadError,
     pick_device,
 )
 from emotionnet.tracking.mlflow_tracker import short_http_retries
-from emotionnet.tracking.redact import redact_text
 
 PROG = "emotionnet-eval"
 
@@ -140,9 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary, outcome, names = run(args)
-    except (EvalInputError, ModelLoadError, DatasetNotPreparedError, PrepError) as err:
-        print(f"{PROG}: error: {redact_text(str(err))}", file=sys.stderr)  # MLflow errors carry URLs
-        return ExitCode.BAD_INPUT
+    except UserError as err:
+        return report_user_error(PROG, err)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from emotionnet.exit_codes import ExitCode
-from launcher.accelerate_cmd import LaunchError
+from emotionnet.cli import report_user_error
+from emotionnet.errors import UserError
 from launcher.commands import PROG, run_local, run_slurm
 
 
@@ -15,9 +15,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["slurm"]:
             return run_slurm(argv[1:])
         return run_local(argv)
-    except LaunchError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
+    except UserError as err:
+        return report_user_error(PROG, err)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.output_dir / "mlflow.db").is_file():
         print(
-            f"emotionnet-mlflow-ui: {args.output_dir} has no mlflow.db (no tracked run yet)", file=sys.stderr
+            f"emotionnet-mlflow-ui: error: {args.output_dir} has no mlflow.db (no tracked run yet)",
+            file=sys.stderr,
         )
         return ExitCode.BAD_INPUT
     if args.host != LOOPBACK:

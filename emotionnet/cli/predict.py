@@ -8,11 +8,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from emotionnet.cli import report_user_error
 from emotionnet.data.transforms import TTA_MODES
+from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode, command_parser
-from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, ModelLoadError, pick_device
-from emotionnet.inference.predict import ImageResult, PredictInputError, predict
-from emotionnet.tracking.redact import redact_text
+from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, pick_device
+from emotionnet.inference.predict import ImageResult, predict
 
 PROG = "emotionnet-predict"
 
@@ -62,15 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         results = predict(
             args.paths, ensemble, not args.no_detect, args.tta, args.annotate, not args.no_progress
         )
-    except (PredictInputError, ModelLoadError) as err:
-        print(f"{PROG}: error: {redact_text(str(err))}", file=sys.stderr)  # MLflow errors carry URLs
-        return ExitCode.BAD_INPUT
-    except OSError as err:  # the annotated images' folder
-        print(
-            f"{PROG}: error: cannot write {err.filename or args.annotate}: {err.strerror or err}",
-            file=sys.stderr,
-        )
-        return ExitCode.BAD_INPUT
+    except UserError as err:
+        return report_user_error(PROG, err)
     if args.json:
         print(json.dumps({"models": ensemble.sources, "images": [asdict(r) for r in results]}))
     else:

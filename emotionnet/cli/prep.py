@@ -8,8 +8,9 @@ import signal
 import sys
 
 from data_prep.prepare import PrepOptions, prepare
-from data_prep.records import PrepError
 from data_prep.writer import DEFAULT_SHARD_ROWS, Sharding
+from emotionnet.cli import report_user_error
+from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode, command_parser
 
 
@@ -67,15 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(notices)
     try:
         manifest = prepare(args.input, args.output_dir, options)
-    except PrepError as e:  # bad input, invalid rows (strict) or a refused output path
-        print(f"emotionnet-prep: error: {e}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
-    except OSError as e:  # e.g. the output location is read-only or the disk is full
-        print(
-            f"emotionnet-prep: error: {e.filename or ''}: {e.strerror or e}; nothing was written",
-            file=sys.stderr,
-        )
-        return ExitCode.BAD_INPUT
+    except UserError as err:  # bad input, invalid rows (strict), a refused or unwritable output path
+        return report_user_error("emotionnet-prep", err)
     except KeyboardInterrupt:
         print(f"emotionnet-prep: interrupted; nothing was written to {args.output_dir}", file=sys.stderr)
         return ExitCode.INTERRUPTED

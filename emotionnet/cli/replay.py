@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from emotionnet.cli import report_user_error
+from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.tracking import replay as replay_module
-from emotionnet.tracking.redact import redact_text
-from emotionnet.tracking.replay import ReplayError, replay
+from emotionnet.tracking.replay import replay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = replay(args.run_dir, args.tracking_uri)
-    except ReplayError as err:
-        print(f"emotionnet-mlflow-replay: {redact_text(str(err))}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
+    except UserError as err:
+        return report_user_error("emotionnet-mlflow-replay", err)
     if result.created:
         print(f"{args.run_dir}: was never tracked; created MLflow run {result.run_id}")
     print(

@@ -12,14 +12,14 @@ import torch
 
 from data_prep.schema import MANIFEST_NAME, NUM_CLASSES
 from data_prep.synth import render_faces
-from emotionnet.config.loader import ConfigError
+from emotionnet.cli import report_user_error
 from emotionnet.config.recipes import load_model_config, load_train_config
 from emotionnet.data.augment import augment_grid, write_augment_grid, write_png
-from emotionnet.data.loaders import DatasetNotPreparedError, load_splits
+from emotionnet.data.loaders import load_splits
 from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.model import summary
-from emotionnet.model.backbone import PretrainedWeightsError
 from emotionnet.model.summary import summarize
 
 GRID_FACES = 8
@@ -31,13 +31,17 @@ def write_grid(args: argparse.Namespace) -> Path:
     cfg = load_train_config(args.config, args.overrides)
     pre = Preprocessing(input_size=cfg.model.input_size)
     data_dir = Path(args.data_dir or cfg.data.data_dir)
-    if args.data_dir or (data_dir / MANIFEST_NAME).is_file():
-        split = load_splits(data_dir)["train"]
-        return write_augment_grid(args.augment_grid, cfg.augment, pre, cfg.run.seed, split, GRID_FACES)
-    labels = np.arange(GRID_FACES) % NUM_CLASSES
-    faces = torch.from_numpy(render_faces(labels, np.random.default_rng(0)))[:, None]
-    grid = augment_grid(cfg.augment, pre, cfg.run.seed, faces, np.arange(GRID_FACES))
-    return write_png(grid, args.augment_grid)
+    prepared = args.data_dir or (data_dir / MANIFEST_NAME).is_file()
+    split = load_splits(data_dir)["train"] if prepared else None
+    try:
+        if split is not None:
+            return write_augment_grid(args.augment_grid, cfg.augment, pre, cfg.run.seed, split, GRID_FACES)
+        labels = np.arange(GRID_FACES) % NUM_CLASSES
+        faces = torch.from_numpy(render_faces(labels, np.random.default_rng(0)))[:, None]
+        grid = augment_grid(cfg.augment, pre, cfg.run.seed, faces, np.arange(GRID_FACES))
+        return write_png(grid, args.augment_grid)
+    except OSError as err:  # the PNG's location
+        raise UserError(f"cannot write {args.augment_grid}: {err.strerror or err}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {write_grid(args)}")
         else:
             print(summarize(load_model_config(args.config, args.overrides)))
-    except (ConfigError, PretrainedWeightsError, DatasetNotPreparedError) as exc:
-        print(f"emotionnet-summary: error: {exc}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
+    except UserError as err:
+        return report_user_error("emotionnet-summary", err)
     return ExitCode.OK
 
 

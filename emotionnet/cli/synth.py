@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from data_prep import synth
 from data_prep.synth import write_synthetic_csv
+from emotionnet.cli import report_user_error
+from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode, command_parser
 
 
@@ -22,12 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows < 1:
         parser.error("--rows must be at least 1")  # argparse exits 2 (BAD_INPUT)
     try:
-        path = write_synthetic_csv(args.out_csv, args.rows, args.seed, progress=True)
-    except OSError as e:
-        print(f"emotionnet-synth: error: cannot write {args.out_csv}: {e.strerror or e}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
+        path = write_csv(args.out_csv, args.rows, args.seed)
+    except UserError as err:
+        return report_user_error("emotionnet-synth", err)
     print(f"wrote {args.rows} synthetic faces to {path}")
     return ExitCode.OK
+
+
+def write_csv(out_csv: str, rows: int, seed: int) -> Path:
+    """`write_synthetic_csv`, with an output path that cannot be written reported as the user's error."""
+    try:
+        return write_synthetic_csv(out_csv, rows, seed, progress=True)
+    except OSError as err:
+        raise UserError(f"cannot write {out_csv}: {err.strerror or err}") from err
 
 
 if __name__ == "__main__":

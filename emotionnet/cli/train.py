@@ -14,22 +14,15 @@ from __future__ import annotations
 
 import sys
 
+from emotionnet.cli import report_user_error
 from emotionnet.config.args import parse_train_args
-from emotionnet.config.loader import ConfigError
 from emotionnet.config.recipes import load_train_config, recipe_names
-from emotionnet.data.source import DataSourceError
+from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode
-from emotionnet.tracking.mlflow_tracker import (
-    TrackingError,
-    build_trackers,
-    local_store_uri,
-    resolve_tracking_uri,
-)
+from emotionnet.tracking.mlflow_tracker import build_trackers, local_store_uri, resolve_tracking_uri
 from emotionnet.tracking.redact import redact_tree
-from emotionnet.train.run_dir import RunDirError
-from emotionnet.train.run_lock import RunBusyError
 from emotionnet.train.session import run_training
-from emotionnet.train.trainer import NonFiniteLossError, Trainer
+from emotionnet.train.trainer import Trainer
 
 PROG = "emotionnet-train"
 
@@ -39,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> tuple[ExitCode, Trainer | None]:
-    """Parse, train and test; returns the exit code and the trainer (for scripts and tests that inspect it)."""
+    """Parse, train and test; returns the exit code and the trainer (for scripts and tests that inspect it).
+
+    A user error (configuration, data, run directory, busy run, tracking store, NaN/Inf loss) is one line on
+    stderr and its exit code; anything else propagates with its traceback (exit 1)."""
     args, overrides = parse_train_args(argv, description=__doc__)
     if args.list_recipes:
         print("\n".join(recipe_names()))
@@ -47,18 +43,8 @@ def run(argv: list[str] | None = None) -> tuple[ExitCode, Trainer | None]:
     try:
         cfg = load_train_config(args.config, overrides)
         code, trainer = run_training(cfg, callbacks=build_trackers, redact=redact_tree)
-    except ConfigError as err:
-        print(f"{PROG}: configuration error: {err}", file=sys.stderr)
-        return ExitCode.BAD_INPUT, None
-    except (DataSourceError, RunDirError, TrackingError, ValueError, FileNotFoundError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return ExitCode.BAD_INPUT, None
-    except NonFiniteLossError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return ExitCode.NONFINITE, None
-    except RunBusyError as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
-        return ExitCode.BUSY, None
+    except UserError as err:
+        return report_user_error(PROG, err), None
     if code == ExitCode.OK and trainer.accelerator.is_main_process:
         print(closing_summary(trainer))
     return code, trainer

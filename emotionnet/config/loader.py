@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from emotionnet.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -35,7 +37,7 @@ def _parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration file or override that does not match the schema."""
 
 

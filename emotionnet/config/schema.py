@@ -37,6 +37,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check_at_least("optim", self, 1, ("grad_accum_steps",))
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be in [0, 1) (0 turns it off), got {self.ema_decay}")
 
 
 @dataclass

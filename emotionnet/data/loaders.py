@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from data_prep.schema import IMAGE_SIZE, MANIFEST_NAME, SCHEMA_VERSION, features
 from emotionnet.data.augment import AugmentSampler
+from emotionnet.errors import UserError
 
 
 @dataclass
@@ -41,7 +42,7 @@ def check_at_least(section: str, config: object, minimum: int, names: Sequence[s
             raise ValueError(f"{section}.{name} must be at least {minimum}, got {value}")
 
 
-class DatasetNotPreparedError(ValueError):
+class DatasetNotPreparedError(UserError):
     """The data directory is missing, was not written by the prep stage, or by an incompatible version."""
 
 

@@ -11,6 +11,7 @@ from data_prep.prepare import PrepOptions, prepare
 from data_prep.records import PrepError
 from data_prep.schema import MANIFEST_NAME
 from emotionnet.data.loaders import DataConfig
+from emotionnet.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 SEED_DEFAULT_CSV = "dataset/fer2013/fer2013.csv"
 
 
-class DataSourceError(ValueError):
+class DataSourceError(UserError):
     """Neither a prepared dataset nor a CSV to prepare was found."""
 
 

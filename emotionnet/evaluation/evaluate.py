@@ -17,6 +17,7 @@ from data_prep.prepare import PrepOptions, prepare
 from data_prep.schema import USAGE_TO_SPLIT
 from emotionnet.data.loaders import load_splits
 from emotionnet.data.transforms import TTAMode
+from emotionnet.errors import UserError
 from emotionnet.evaluation.metrics import ClassificationReport, confusion_matrix
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble
@@ -28,7 +29,7 @@ DEFAULT_ARROW_SPLIT = "validation"
 ALL_ROWS = "all"
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError):
     """Bad data or tracking arguments; the message is one sentence for the user."""
 
 

@@ -19,7 +19,8 @@ from torch import nn
 from emotionnet.assets import BUNDLED_MODEL
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import TTAMode, tta_views
-from emotionnet.inference.export import DESCRIPTION_NAME, WEIGHTS_NAME, load_export
+from emotionnet.errors import UserError
+from emotionnet.inference.export import DESCRIPTION_NAME, WEIGHTS_NAME, ExportError, load_export
 from emotionnet.inference.optimize import InferenceModel
 from emotionnet.run_layout import EXPORTS
 
@@ -33,7 +34,7 @@ MLFLOW_URI_SCHEMES = ("runs:/", "models:/")
 FORWARD_BATCH = 128
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A model argument that cannot be loaded; the message says which and why, in one sentence."""
 
 
@@ -91,7 +92,7 @@ def load_model(spec: str, device: torch.device, optimize: bool = True) -> Loaded
 def _load_export_dir(path: Path, device: torch.device, source: str, optimize: bool) -> LoadedModel:
     try:
         model, description = load_export(path, device)
-    except (ValueError, RuntimeError, OSError) as err:  # bad description / weights that do not fit it
+    except ExportError as err:  # a bad description, or weights that do not fit it
         raise ModelLoadError(f"{source}: cannot load the model export: {_first_line(err)}") from err
     return LoadedModel(
         InferenceModel(model) if optimize else model,

@@ -18,13 +18,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from data_prep.schema import CLASS_NAMES
-from emotionnet.config.loader import build
+from emotionnet.config.loader import ConfigError, build
 from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.errors import UserError
 from emotionnet.model.emotionnet import LEGACY_DEFAULTS, EmotionNet, ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
 DESCRIPTION_NAME = "emotionnet.json"
 EXPORT_FORMAT_VERSION = 1
+
+
+class ExportError(UserError):
+    """A model export that is missing, unreadable or does not fit together; the message names the file."""
 
 
 @dataclass
@@ -89,22 +94,26 @@ def replace_directory(staged: Path, directory: Path) -> Path:
 
 
 def read_description(directory: str | Path) -> ExportDescription:
+    """The export's description; ExportError naming the file when it is missing or does not fit."""
     path = Path(directory) / DESCRIPTION_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not an EmotionNet model export (no {DESCRIPTION_NAME})")
+        raise ExportError(f"{directory} is not an EmotionNet model export (no {DESCRIPTION_NAME})")
     try:
         values = json.loads(path.read_text())
-        version = values.get("format_version") if isinstance(values, dict) else None
-        if version != EXPORT_FORMAT_VERSION:
-            raise ValueError(
-                f"export format version {version!r}, but this EmotionNet reads version {EXPORT_FORMAT_VERSION} "
-                "(re-export the model with a matching EmotionNet)"
-            )
-        if isinstance(values.get("model"), dict):  # fields it predates mean the architecture it had
-            values["model"] = {**LEGACY_DEFAULTS, **values["model"]}
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ExportError(f"{path}: {err}") from err
+    version = values.get("format_version") if isinstance(values, dict) else None
+    if version != EXPORT_FORMAT_VERSION:
+        raise ExportError(
+            f"{path}: export format version {version!r}, but this EmotionNet reads version "
+            f"{EXPORT_FORMAT_VERSION} (re-export the model with a matching EmotionNet)"
+        )
+    if isinstance(values.get("model"), dict):  # fields it predates mean the architecture it had
+        values["model"] = {**LEGACY_DEFAULTS, **values["model"]}
+    try:
         return build(ExportDescription, values)
-    except ValueError as err:  # ConfigError and JSONDecodeError are ValueErrors
-        raise ValueError(f"{path}: {err}") from err
+    except ConfigError as err:
+        raise ExportError(f"{path}: {err}") from err
 
 
 def load_export(
@@ -112,22 +121,21 @@ def load_export(
 ) -> tuple[EmotionNet, ExportDescription]:
     """The exported model in eval mode (float32) and its description.
 
-    ValueError (naming the file) for a description or weights that cannot be read or do not fit."""
+    ExportError (naming the file) for a description or weights that cannot be read or do not fit."""
     description = read_description(directory)
     weights = Path(directory) / WEIGHTS_NAME
-    try:
-        model = EmotionNet(description.model)
-    except ValueError as err:
-        raise ValueError(f"{Path(directory) / DESCRIPTION_NAME}: {err}") from err
+    model = EmotionNet(description.model)  # the description was checked: it builds
     try:
         state = load_file(weights)
-    except SafetensorError as err:  # truncated, empty or not a safetensors file at all
-        raise ValueError(f"{weights}: not a readable safetensors file ({err})") from err
+    except FileNotFoundError as err:
+        raise ExportError(f"{weights}: no such file (an incomplete export)") from err
+    except (SafetensorError, OSError) as err:  # truncated, empty or not a safetensors file at all
+        raise ExportError(f"{weights}: not a readable safetensors file ({err})") from err
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as err:  # the first line only says "Error(s) in loading state_dict": show the next
         details = str(err).splitlines()[1:] or [str(err)]
-        raise ValueError(
+        raise ExportError(
             f"{weights} does not fit the model in {DESCRIPTION_NAME} ({details[0].strip()[:200]})"
         ) from err
     return model.to(device).eval(), description

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from data_prep.files import write_atomic
 from data_prep.schema import IMAGE_SIZE
+from emotionnet.errors import UserError
 from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -38,11 +39,11 @@ NOT_AN_IMAGE = "not an image file that can be read"
 DETECT_MAX_PIXELS = 4_000_000  # faces are searched in a copy downscaled to this (a 2449x1633 photo)
 
 
-class PredictInputError(ValueError):
-    """Bad paths or a missing face detector; the message is one sentence for the user."""
+class PredictInputError(UserError):
+    """Bad paths, an annotation folder that cannot be written, or a missing face detector."""
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """One image cannot be used (reported for that file; the others are still classified)."""
 
 
@@ -244,11 +245,19 @@ def predict(
             face.probabilities = dict(zip(names, next(probabilities), strict=True))
             face.label = max(face.probabilities, key=face.probabilities.get)
     if annotate_dir is not None:
-        annotate_dir.mkdir(parents=True, exist_ok=True)
-        taken: set[Path] = set()
-        for path, result in zip(files, results, strict=True):
-            if result.error is None:  # decoded again, one at a time: images are not kept in memory
-                write_image_atomic(
-                    annotated_path(annotate_dir, path, taken), annotate(read_image(path), result.faces)
-                )
+        try:
+            write_annotated(annotate_dir, files, results)
+        except OSError as err:
+            raise PredictInputError(
+                f"cannot write {err.filename or annotate_dir}: {err.strerror or err}"
+            ) from err
     return results
+
+
+def write_annotated(out_dir: Path, files: Sequence[Path], results: Sequence[ImageResult]) -> None:
+    """Each readable image with its faces boxed and labelled, as OUT_DIR/<name>_annotated.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken: set[Path] = set()
+    for path, result in zip(files, results, strict=True):
+        if result.error is None:  # decoded again, one at a time: images are not kept in memory
+            write_image_atomic(annotated_path(out_dir, path, taken), annotate(read_image(path), result.faces))

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
 
+from emotionnet.errors import UserError
+
 # torchvision's B0 `features`: index 0 is the stem, 1..7 the MBConv stages, 8 the 1280-wide 1x1 conv.
 NUM_STAGES = 7
 # Stage indices whose first block downsamples by 2 (the stem, index 0, also has stride 2).
@@ -18,7 +20,7 @@ STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
 _STEM_WEIGHT = "features.0.0.weight"
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(UserError):
     """Pretrained backbone weights are missing, unsafe or do not fit the backbone."""
 
 
@@ -72,6 +74,21 @@ def supported_output_strides(stages: int) -> tuple[int, ...]:
     return tuple(s for s in (natural // 4, natural // 2, natural) if s >= 2)
 
 
+def check_backbone(stages: int, output_stride: int, grayscale: str, stride_reduction: str) -> None:
+    """ValueError naming the first of these that cannot build a backbone (ModelConfig checks them at load)."""
+    if grayscale not in ("stem", "repeat"):
+        raise ValueError(f"grayscale must be 'stem' or 'repeat', got {grayscale!r}")
+    if stride_reduction not in ("stem", "late"):
+        raise ValueError(f"stride_reduction must be 'stem' or 'late', got {stride_reduction!r}")
+    if not 1 <= stages <= NUM_STAGES:
+        raise ValueError(f"backbone stages must be in 1..{NUM_STAGES}, got {stages}")
+    if output_stride not in supported_output_strides(stages):
+        raise ValueError(
+            f"output_stride {output_stride} is not reachable with {stages} backbone stages; "
+            f"choose one of {supported_output_strides(stages)}"
+        )
+
+
 def feature_map_size(input_size: int, output_stride: int) -> int:
     """Side of the backbone's output map: every stride-2 conv (padding k//2) maps n to ceil(n / 2)."""
     size = input_size
@@ -103,17 +120,7 @@ class Backbone(nn.Module):
         stride_reduction: str = "stem",
     ) -> None:
         super().__init__()
-        if grayscale not in ("stem", "repeat"):
-            raise ValueError(f"grayscale must be 'stem' or 'repeat', got {grayscale!r}")
-        if stride_reduction not in ("stem", "late"):
-            raise ValueError(f"stride_reduction must be 'stem' or 'late', got {stride_reduction!r}")
-        if not 1 <= stages <= NUM_STAGES:
-            raise ValueError(f"backbone stages must be in 1..{NUM_STAGES}, got {stages}")
-        if output_stride not in supported_output_strides(stages):
-            raise ValueError(
-                f"output_stride {output_stride} is not reachable with {stages} backbone stages; "
-                f"choose one of {supported_output_strides(stages)}"
-            )
+        check_backbone(stages, output_stride, grayscale, stride_reduction)
         self.repeat_gray = grayscale == "repeat"
         self.out_channels = STAGE_CHANNELS[stages - 1]
         features = efficientnet_b0(stochastic_depth_prob=drop_path).features[: stages + 1]

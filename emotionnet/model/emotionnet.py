@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from emotionnet.model.attention import ChannelAttention, SpatialSelfAttention
-from emotionnet.model.backbone import Backbone, feature_map_size
+from emotionnet.model.backbone import STAGE_CHANNELS, Backbone, check_backbone, feature_map_size
 from emotionnet.model.encoder import READOUTS, TransformerEncoder
 from emotionnet.model.head import ClassifierHead
 
@@ -71,10 +71,22 @@ class ModelConfig:
         for name in ("backbone_drop_path", "dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.layer_scale is not None and self.layer_scale < 0:
             raise ValueError(f"model.layer_scale must be >= 0 or null, got {self.layer_scale}")
         if self.readout not in READOUTS:
             raise ValueError(f"model.readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+        # What the modules would refuse at build time, refused at load instead (a config error, not a crash
+        # after the data was prepared).
+        check_backbone(self.backbone_stages, self.output_stride, self.grayscale, self.stride_reduction)
+        channels = STAGE_CHANNELS[self.backbone_stages - 1]
+        if self.spatial_attention and channels % self.spatial_heads:
+            raise ValueError(
+                f"model.spatial_heads ({self.spatial_heads}) must divide the backbone's {channels} channels"
+            )
+        if self.transformer and self.d_model % self.heads:
+            raise ValueError(f"model.heads ({self.heads}) must divide model.d_model ({self.d_model})")
 
 
 # What an export description written before a field existed means: the architecture it was trained

@@ -43,6 +43,8 @@ import importlib.metadata
 import json
 import logging
 import os
+import sys
+import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ from data_prep.schema import CLASS_NAMES, IMAGE_SIZE, MANIFEST_NAME
 from emotionnet.config.loader import flatten, to_dict
 from emotionnet.config.schema import TrackingConfig, TrainConfig
 from emotionnet.data.augment import AUGMENT_GRID_NAME
+from emotionnet.errors import UserError
 from emotionnet.evaluation.reports import CURVES_NAME
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.exit_codes import ExitCode
@@ -76,6 +79,8 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name in the run
 MODEL_URI_TAG = "emotionnet.model_uri"  # run tag: the logged model's URI
 MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")  # logged as the MLflow model's code
+ERROR_TAG = "error"  # run tag of a FAILED run: the exception that ended it, as its traceback's last line
+MAX_TAG_CHARS = 5000  # MLflow refuses longer tag values
 
 
 SQLITE_PREFIX = "sqlite:///"
@@ -85,7 +90,7 @@ TRAINING_HINT = (
 )
 
 
-class TrackingError(ValueError):
+class TrackingError(UserError):
     """The tracking store cannot be used; the message is one sentence for the user."""
 
 
@@ -320,6 +325,12 @@ def log_best_model(export_dir: Path, cfg: TrackingConfig, step: int, example_fac
     return info
 
 
+def error_line(error: BaseException) -> str:
+    """The exception as a traceback ends with it (`RuntimeError: ...`), credentials removed."""
+    text = "".join(traceback.format_exception_only(type(error), error)).strip()
+    return redact_text(text)[:MAX_TAG_CHARS]
+
+
 # ---- the callback ----------------------------------------------------------------------------------
 
 
@@ -392,6 +403,7 @@ class MlflowTracker(TrainerCallback):
     def on_end(self, trainer: TrainerView, exit_code: int) -> None:
         import mlflow
 
+        error = sys.exc_info()[1]  # the exception that ends the run, if any: this runs in its `finally`
         curves = trainer.layout.reports / CURVES_NAME
         if curves.is_file():
             self._upload(trainer, curves, REPORTS)
@@ -400,6 +412,8 @@ class MlflowTracker(TrainerCallback):
         if self.run_id is None:
             return
         status = {ExitCode.OK: "FINISHED", ExitCode.PREEMPTED: "KILLED"}.get(exit_code, "FAILED")
+        if status == "FAILED" and error is not None:
+            self._tag_error(trainer, error)
         try:
             mlflow.end_run(status)  # pops the active run even when the server is gone
         except Exception as err:
@@ -407,6 +421,12 @@ class MlflowTracker(TrainerCallback):
                 self._lose(trainer, err)
 
     # -- helpers --
+
+    @_tolerant
+    def _tag_error(self, trainer: TrainerView, error: BaseException) -> None:
+        import mlflow
+
+        mlflow.set_tag(ERROR_TAG, error_line(error))
 
     @_tolerant
     def _upload(self, trainer: TrainerView, path: Path, artifact_path: str) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from emotionnet.config.loader import ConfigError, load
 from emotionnet.config.schema import TrainConfig
+from emotionnet.errors import UserError
 from emotionnet.inference.export import read_description
 from emotionnet.run_layout import CONFIG, REPORTS, RunLayout
 from emotionnet.tracking.mlflow_tracker import (
@@ -47,7 +48,7 @@ RECORD_FIELDS = ("step", "epoch", "split", "time")  # metrics.jsonl keys that ar
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
-class ReplayError(ValueError):
+class ReplayError(UserError):
     """The run directory or the MLflow run cannot be used; one sentence for the user."""
 
 

@@ -45,4 +45,7 @@ class TrainerCallback:
         """A full evaluation (validation each epoch, test at the end); its report files are in `report_dir`."""
 
     def on_end(self, trainer: TrainerView, exit_code: int) -> None:
-        """The run ended (exit code from emotionnet.exit_codes); the training curves are in the reports."""
+        """The run ended (exit code from emotionnet.exit_codes); the training curves are in the reports.
+
+        Called in a `finally`: when an exception ends the run it is still in flight, and `sys.exc_info()`
+        holds it (the MLflow tracker tags its run with it)."""

@@ -7,11 +7,12 @@ import logging
 from pathlib import Path
 
 from data_prep.files import write_atomic
+from emotionnet.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class MetricsLogError(ValueError):
+class MetricsLogError(UserError):
     """A line of metrics.jsonl, other than a torn last one, that is not a JSON record."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from emotionnet.config.schema import RunConfig
+from emotionnet.errors import UserError
 from emotionnet.run_layout import CHECKPOINTS, run_name_problem
 from emotionnet.train.checkpoint import (
     CheckpointError,
@@ -24,7 +25,7 @@ from emotionnet.train.checkpoint import (
 log = logging.getLogger(__name__)
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     """A run directory or resume target that cannot be used as asked."""
 
 

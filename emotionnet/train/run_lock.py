@@ -16,13 +16,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data_prep.writer import owner_is_gone, owner_tag
+from emotionnet.errors import UserError
+from emotionnet.exit_codes import ExitCode
 from emotionnet.run_layout import LOCK, RunLayout
 
 log = logging.getLogger(__name__)
 
 
-class RunBusyError(RuntimeError):
-    """The run directory is held by another live run (exit code BUSY)."""
+class RunBusyError(UserError):
+    """The run directory is held by another live run."""
+
+    exit_code = ExitCode.BUSY
 
 
 @dataclass(frozen=True)
