@@ -38,10 +38,11 @@ import torch
 from torchvision.transforms import v2
 
 from benchmarks.bench_gpu import batch_list
-from benchmarks.report import cpu_model, publish
+from benchmarks.report import publish
 from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig
+from emotionnet.train.environment import cpu_model
 
 SECTION = "## Augmentation: per-face vs batched"
 TARGET_RATIO_CPU = 10.0  # batch 8, same process

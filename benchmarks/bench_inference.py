@@ -33,10 +33,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import cpu_model, publish
+from benchmarks.report import publish
 from data_prep.schema import IMAGE_SIZE
 from emotionnet.data.transforms import TTA_MODES
 from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble, default_model_dir
+from emotionnet.train.environment import cpu_model
 
 SECTION = "## Inference throughput (CPU)"
 REAL_DATA = Path("dataset/fer2013")

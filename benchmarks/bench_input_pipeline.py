@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.report import cpu_model, publish
+from benchmarks.report import publish
 from data_prep.prepare import prepare
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES
 from data_prep.synth import write_synthetic_csv
@@ -35,6 +35,7 @@ from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.loaders import DataConfig, DatasetNotPreparedError, create_loader, load_splits
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig
+from emotionnet.train.environment import cpu_model
 
 BATCH = 8
 TARGET_RATIO = 5.0

@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import cpu_model, publish
+from benchmarks.report import publish
+from emotionnet.train.environment import cpu_model
 
 SECTION = "## CPU training throughput"
 RECIPE = "fer2013_cpu"
@@ -44,7 +45,8 @@ def worker(args: argparse.Namespace) -> None:
     from emotionnet.config import loader
     from emotionnet.config.recipes import resolve_recipe
     from emotionnet.config.schema import TrainConfig
-    from emotionnet.train.trainer import Trainer, build_accelerator
+    from emotionnet.train.components import build_accelerator
+    from emotionnet.train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     overrides = [
@@ -58,8 +60,8 @@ def worker(args: argparse.Namespace) -> None:
     run_dir = Path(args.out) / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, build_accelerator(cfg), run_dir)
-    trainer.model.train()
-    batches = iter(trainer.train_loader)
+    trainer.parts.model.train()
+    batches = iter(trainer.parts.train_loader)
     step_s = []
     for _ in range(args.warmup + args.steps):
         start = time.perf_counter()

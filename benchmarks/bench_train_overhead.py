@@ -13,7 +13,7 @@ The two alternate step by step inside one process: after each Trainer step, one 
 timed on its own; the system's step time is everything between two minimal steps (its bookkeeping, the
 next batch's loading, its train_step). Load changes on the shared machine (other jobs come and go within
 seconds) therefore hit both sides alike. The first `--warmup` steps of each side are not counted. The
-issue's target: the system's overhead, 1 - system images/s / minimal images/s, within 5%; judged on the
+target: the system's overhead, 1 - system images/s / minimal images/s, within 5%; judged on the
 median over 10-step blocks, which a burst of other jobs' work cannot move much. Results go to
 docs/benchmarks.md, section "## Training overhead".
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import cpu_model, publish
+from benchmarks.report import publish
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.synth import write_synthetic_csv
 from emotionnet.config import loader as config_loader
@@ -43,7 +43,9 @@ from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.loaders import DataConfig, create_loader, load_splits
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.model.emotionnet import EmotionNet
-from emotionnet.train.trainer import Trainer, build_accelerator
+from emotionnet.train.components import build_accelerator
+from emotionnet.train.environment import cpu_model
+from emotionnet.train.trainer import Trainer
 
 SECTION = "## Training overhead"
 TARGET_OVERHEAD = 0.05  # 0.10 before augmentation was batched
@@ -106,8 +108,8 @@ class InterleavedTrainer(Trainer):
 def loading_cost(trainer: Trainer, batches: int) -> tuple[float, float]:
     """Median seconds of one `next()` on the Trainer's prepared loader and of one minimal step, alternated."""
     loader_s, minimal_s = [], []
-    trainer.train_loader.set_epoch(trainer.progress.epoch + 1)
-    loader = iter(trainer.train_loader)
+    trainer.parts.train_loader.set_epoch(trainer.progress.epoch + 1)
+    loader = iter(trainer.parts.train_loader)
     next(loader)  # worker start-up and the first prefetch are not per-batch costs
     for _ in range(batches):
         start = time.perf_counter()

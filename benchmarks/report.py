@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 from data_prep.files import write_atomic
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 DOC_TITLE = "# Benchmarks"
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def write_section(doc: Path, section: str) -> None:

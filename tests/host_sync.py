@@ -22,18 +22,20 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from emotionnet.config import loader
 from emotionnet.config.schema import TrainConfig
-from emotionnet.train.trainer import Trainer, build_accelerator
+from emotionnet.train.components import build_accelerator
+from emotionnet.train.trainer import Trainer
 from tests.training_utils import REPO_ROOT
 
 HOST_READS = ("aten::_local_scalar_dense", "aten::lift_fresh")
-# Trainer methods that run only at sync points (or before the loop): host syncs there are by design.
+# Methods of the Trainer and its RunControl that run only at sync points (or before the loop): host
+# syncs there are by design.
 SYNC_POINT_METHODS = (
-    "_agree",
-    "_log_train",
-    "_end_of_epoch",
-    "_save_checkpoint",
-    "export",
-    "_calibrate_budget",
+    ("control", "agree"),
+    ("control", "_calibrate"),
+    ("trainer", "_log_train"),
+    ("trainer", "_end_epoch"),
+    ("trainer", "_save_checkpoint"),
+    ("trainer", "export"),
 )
 REPO = REPO_ROOT
 
@@ -45,8 +47,9 @@ class HotLoopWatch(TorchDispatchMode):
         self.cuda_errors = cuda_errors
         self.hits: collections.Counter[tuple[str, str]] = collections.Counter()
         self._paused = 1  # until the first step has run
-        for name in SYNC_POINT_METHODS:
-            setattr(trainer, name, self._paused_in(getattr(trainer, name)))
+        for owner, name in SYNC_POINT_METHODS:
+            target = trainer.control if owner == "control" else trainer
+            setattr(target, name, self._paused_in(getattr(target, name)))
         first_step = trainer.train_step
 
         @functools.wraps(first_step)
@@ -82,10 +85,10 @@ class HotLoopWatch(TorchDispatchMode):
     def _host_counters(self) -> set[int]:
         """Counters kept on the host by design, whatever the device: the optimizer's step counts (unless
         fused or capturable) and the weight EMA's update count."""
-        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)
+        optimizer = getattr(self.trainer.parts.optimizer, "optimizer", self.trainer.parts.optimizer)
         counters = {id(state["step"]) for state in optimizer.state.values() if "step" in state}
-        if self.trainer.ema is not None:
-            counters.add(id(self.trainer.ema.averaged.n_averaged))
+        if self.trainer.parts.ema is not None:
+            counters.add(id(self.trainer.parts.ema.averaged.n_averaged))
         return counters
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

@@ -14,8 +14,8 @@ from accelerate.utils import DynamoBackend
 from emotionnet.config import loader as config_loader
 from emotionnet.config.schema import OptimConfig, TrainConfig
 from emotionnet.inference.export import load_export
+from emotionnet.train.components import build_accelerator
 from emotionnet.train.optim import create_optimizer
-from emotionnet.train.trainer import build_accelerator
 from tests.training_utils import accelerate_command, prepared_synthetic, run, train_command
 
 COMPILED = ("run.compile=true", "run.compile_backend=eager", "tracking.enabled=false")

@@ -9,11 +9,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from data_prep.schema import CLASS_NAMES
 from emotionnet.cli.eval import main as eval_main
 from emotionnet.cli.train import run as train_run
 from emotionnet.config.schema import ScheduleConfig
+from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig, build_batch_mixing
-from emotionnet.inference.ensemble import ProbabilityAverage
+from emotionnet.inference.ensemble import Ensemble, LoadedModel
 from emotionnet.train.ema import WeightEMA
 from emotionnet.train.optim import cycle_end_steps
 from tests.training_utils import REPO_ROOT, prepared_synthetic, read_jsonl
@@ -53,12 +55,15 @@ def test_weight_ema_rejects_a_decay_outside_the_unit_interval():
         WeightEMA(nn.Linear(2, 2), decay=1.0)
 
 
-def test_probability_average_softmax_is_the_mean_of_member_probabilities():
+def test_an_ensemble_averages_its_members_probabilities():
     torch.manual_seed(0)
-    members = [nn.Linear(5, 7) for _ in range(3)]
-    x = torch.randn(4, 5)
-    mean = torch.stack([m(x).softmax(-1) for m in members]).mean(0)
-    assert torch.allclose(ProbabilityAverage(members)(x).softmax(-1), mean, atol=1e-6)
+    preprocessing = Preprocessing(input_size=48)
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(48 * 48, 7)).eval() for _ in range(3)]
+    members = [LoadedModel(m, preprocessing, CLASS_NAMES, f"member {i}") for i, m in enumerate(models)]
+    faces = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        mean = torch.stack([m(preprocessing(faces)).softmax(-1) for m in models]).mean(0)
+    assert torch.allclose(Ensemble(members).predict_proba(faces), mean, atol=1e-6)
 
 
 def test_batch_mixing_gives_soft_targets_that_sum_to_one():
@@ -81,7 +86,7 @@ def test_snapshot_ensemble_with_ema_and_mixing_in_a_real_run(tmp_path, capsys):
     ])  # fmt: skip
     assert code == 0
     run_dir = tmp_path / "out" / "snap"
-    per_epoch = trainer.steps_per_epoch
+    per_epoch = trainer.parts.steps_per_epoch
     snapshots = trainer.layout.snapshot_dirs()
     assert [d.name for d in snapshots] == ["cycle_1", "cycle_2"]
     steps = [json.loads((d / "emotionnet.json").read_text())["metadata"]["step"] for d in snapshots]
@@ -89,8 +94,8 @@ def test_snapshot_ensemble_with_ema_and_mixing_in_a_real_run(tmp_path, capsys):
 
     # Exports hold the EMA weights, not the optimizer's.
     final = load_file(run_dir / "final" / "model.safetensors")
-    ema_state = trainer.ema.module.state_dict()
-    raw_state = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    ema_state = trainer.parts.ema.module.state_dict()
+    raw_state = trainer.accelerator.unwrap_model(trainer.parts.model).state_dict()
     name = "head.net.4.weight"
     assert torch.equal(final[name], ema_state[name]) and not torch.equal(final[name], raw_state[name])
 

@@ -29,6 +29,8 @@ from emotionnet.inference.predict import PredictInputError
 from emotionnet.model.backbone import PretrainedWeightsError
 from emotionnet.tracking.mlflow_tracker import ERROR_TAG, RunRecord, TrackingError
 from emotionnet.tracking.replay import ReplayError
+from emotionnet.train.checkpoint import CheckpointError
+from emotionnet.train.control import NonFiniteLossError
 from emotionnet.train.metrics_log import MetricsLogError
 from emotionnet.train.run_dir import RunDirError
 from emotionnet.train.run_lock import RunBusyError
@@ -126,6 +128,8 @@ def test_a_user_error_is_one_line_and_exit_2_before_anything_is_written(tmp_path
         (ReplayError, ExitCode.BAD_INPUT),
         (LaunchError, ExitCode.BAD_INPUT),
         (RunBusyError, ExitCode.BUSY),
+        (CheckpointError, ExitCode.BAD_INPUT),
+        (NonFiniteLossError, ExitCode.NONFINITE),
     ],
 )
 def test_every_mistake_a_user_can_make_is_a_user_error_with_its_exit_code(error, code):

@@ -133,7 +133,7 @@ def test_a_time_budgeted_run_resumes_its_schedule_and_the_budget_it_has_spent(tm
               "--run_name", "budget", "run.time_budget_min=0.5", "run.num_threads=1"]  # fmt: skip
     code, first = train_run([*common, "run.max_steps=22"])
     assert code == 0 and first.progress.step == 22
-    planned = first.lr_schedule.total_steps
+    planned = first.parts.lr_schedule.total_steps
     assert planned is not None and planned > 22
     checkpoint = next((tmp_path / "out" / "budget" / "checkpoints").glob("step_*"))
     scheduler_state = torch.load(checkpoint / "scheduler.bin", weights_only=True)
@@ -144,5 +144,7 @@ def test_a_time_budgeted_run_resumes_its_schedule_and_the_budget_it_has_spent(tm
     code, resumed = train_run([*common, "--resume", "latest"])
     assert code == 0 and resumed.progress.step > 22
     assert resumed.progress.budget_spent_s > spent  # carried on from the checkpoint, not from zero
-    assert resumed.lr_schedule.total_steps == resumed.progress.step  # the last plan is where it ended
-    assert resumed.scheduler.get_last_lr()[0] == pytest.approx(resumed.cfg.schedule.min_lr)  # cosine ran out
+    assert resumed.parts.lr_schedule.total_steps == resumed.progress.step  # the last plan is where it ended
+    assert resumed.parts.scheduler.get_last_lr()[0] == pytest.approx(
+        resumed.cfg.schedule.min_lr
+    )  # cosine ran out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,19 +85,48 @@ def evaluate(
     """Score every row in batches (one pass over the data for all ensemble members).
 
     batch_size: rows read at a time, and images per forward pass (TTA views included)."""
-    probs, labels, row_ids = [], [], []
     batches = rows.with_format("numpy", columns=["image", "label", "row_id"]).iter(batch_size=batch_size)
-    total = -(-len(rows) // batch_size)
-    for batch in tqdm(batches, total=total, desc="eval", unit="batch", disable=not progress, file=sys.stderr):
-        # The numpy formatter widens the uint8 faces; the models' preprocessing expects uint8.
-        faces = torch.from_numpy(batch["image"].astype("uint8"))
-        probs.append(ensemble.predict_proba(faces, tta, batch_size))
-        labels.append(torch.from_numpy(batch["label"]).long())
-        row_ids.append(torch.from_numpy(batch["row_id"]).long())
-    probs_t, labels_t = torch.cat(probs), torch.cat(labels)
-    report = ClassificationReport(confusion_matrix(labels_t, probs_t.argmax(-1), len(ensemble.class_names)))
+    # The numpy formatter widens the uint8 faces; the models' preprocessing expects uint8.
+    faces_labels_rows = (
+        (
+            torch.from_numpy(b["image"].astype("uint8")),
+            torch.from_numpy(b["label"]),
+            torch.from_numpy(b["row_id"]),
+        )
+        for b in batches
+    )
+    return score(
+        faces_labels_rows,
+        lambda faces: ensemble.predict_proba(faces, tta, batch_size),
+        len(ensemble.class_names),
+        total=-(-len(rows) // batch_size),
+        progress=progress,
+    )
+
+
+def score(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    predict_proba: Callable[[torch.Tensor], torch.Tensor],
+    num_classes: int,
+    gather: Callable[[tuple], tuple] = lambda tensors: tensors,
+    total: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """The evaluation loop, whoever runs it: (uint8 faces, labels, row ids) batches -> EvalResult.
+
+    gather: collects each batch's tensors from every process, each sample once (a training run's
+    `accelerator.gather_for_metrics`); the default is one process."""
+    probs, labels, row_ids = [], [], []
+    for faces, label, row_id in tqdm(
+        batches, total=total, desc="eval", unit="batch", leave=False, disable=not progress, file=sys.stderr
+    ):
+        prob = predict_proba(faces).to(label.device)  # gathered with the labels, on their device
+        for store, value in zip((probs, labels, row_ids), gather((prob, label, row_id)), strict=True):
+            store.append(value.cpu())
+    probs_t, labels_t = torch.cat(probs).float(), torch.cat(labels).long()
+    report = ClassificationReport(confusion_matrix(labels_t, probs_t.argmax(-1), num_classes))
     loss = float(F.nll_loss(probs_t.clamp(min=1e-12).log(), labels_t))
-    return EvalResult(report, loss, probs_t, labels_t, torch.cat(row_ids))
+    return EvalResult(report, loss, probs_t, labels_t, torch.cat(row_ids).long())
 
 
 def metric_prefix(label: str, tta: str) -> str:

@@ -6,7 +6,6 @@ probabilities; each member applies its own preprocessing and test-time augmentat
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -145,24 +144,6 @@ def tta_probabilities(
     images = views.flatten(0, 1)
     probs = [model(chunk).float().softmax(-1) for chunk in images.split(batch_size or len(pixels))]
     return torch.cat(probs).unflatten(0, views.shape[:2]).mean(0)
-
-
-class ProbabilityAverage(nn.Module):
-    """Models (same preprocessing) as one: returns log of the mean of their class probabilities.
-
-    Log-probabilities are valid logits, so softmax of the output is the averaged probabilities and the
-    module drops in wherever a single model's logits are expected (evaluation, TTA).
-    """
-
-    def __init__(self, members: Sequence[nn.Module]):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one model")
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.stack([m(x).float().log_softmax(-1) for m in self.members])
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
 
 
 class Ensemble:

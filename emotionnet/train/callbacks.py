@@ -29,8 +29,6 @@ class TrainerView(Protocol):
     splits: dict[str, datasets.Dataset]
     environment: dict[str, str]  # hosts, device, world size, precision, versions (environment.jsonl)
 
-    def distributed_label(self) -> str: ...
-
 
 class TrainerCallback:
     """Base class: every hook is a no-op. Hooks run on the main process only, after metrics.jsonl is written."""

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from data_prep.files import file_sha256, write_atomic
+from emotionnet.errors import UserError
 from emotionnet.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is incomplete, corrupted, unsafe or saved by a different launch."""
 
 
@@ -164,18 +165,27 @@ class CheckpointManager:
     `step_*` name.
     """
 
-    def __init__(self, run_dir: Path, accelerator: Accelerator, keep_last: int):
+    def __init__(
+        self, run_dir: Path, accelerator: Accelerator, keep_last: int, every_steps: int | None = None
+    ):
         self.run_dir = Path(run_dir)
         self.root = RunLayout(self.run_dir).checkpoints
         self.accelerator = accelerator
         self.keep_last = keep_last
+        self.every_steps = every_steps
+        self.last_saved_step: int | None = None
         # What the trainer keeps beside Accelerate's state (the same on every rank), saved by the main
         # process: plain values in trainer_state.json, tensors as <name>.safetensors. Never pickled.
         self.json_state: dict[str, Stateful] = {}
         self.tensor_state: dict[str, Stateful] = {}
 
+    def due(self, step: int) -> bool:
+        """A periodic checkpoint is due (`checkpoint.every_steps`); epoch ends and stops save anyway."""
+        return self.every_steps is not None and step % self.every_steps == 0
+
     def save(self, step: int, protect: int | None = None) -> Path:
         """Save the full training state at `step`; keep the newest `keep_last` plus `protect` (the best)."""
+        self.last_saved_step = step
         final = self.path(step)
         tmp = self.root / f".tmp_step_{step:08d}"
         if self.accelerator.is_main_process:

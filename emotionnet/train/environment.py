@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the emotionnet package
 VERSIONED_PACKAGES = (
@@ -68,7 +69,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe_environment(accelerator: Accelerator, distributed: str, hostnames: list[str]) -> dict[str, str]:
+def distributed_label(accelerator: Accelerator) -> str:
+    """'single', 'ddp', 'deepspeed-zero2', ... for run names and tags."""
+    state = accelerator.state
+    if state.distributed_type == DistributedType.DEEPSPEED:
+        return f"deepspeed-zero{state.deepspeed_plugin.zero_stage}"
+    if state.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        return "ddp"
+    return "single"
+
+
+def describe_environment(accelerator: Accelerator, hostnames: list[str]) -> dict[str, str]:
     """The hardware, processes, precision and software of a run, as flat strings (MLflow tags' shape)."""
     device = accelerator.device
     facts = {
@@ -76,7 +87,7 @@ def describe_environment(accelerator: Accelerator, distributed: str, hostnames: 
         **package_versions(),
         "hosts": ",".join(sorted(set(hostnames))),
         "world_size": str(accelerator.num_processes),
-        "distributed_type": distributed,
+        "distributed_type": distributed_label(accelerator),
         "precision": str(accelerator.mixed_precision),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "cpu": cpu_model(),

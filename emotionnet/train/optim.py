@@ -9,12 +9,15 @@ scheduler's state, so a resumed run continues the same curve.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from emotionnet.config.schema import OptimConfig, ScheduleConfig
+
+log = logging.getLogger(__name__)
 
 WARMUP_START_FACTOR = 1e-3  # the first step's learning rate, as a fraction of the peak
 
@@ -111,3 +114,20 @@ def cycle_end_steps(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: int)
         ends.append(end)
         cycle_steps *= cfg.cycle_mult
     return ends
+
+
+def snapshot_steps(cfg: ScheduleConfig, steps_per_epoch: int, total_steps: float, warn: bool) -> list[int]:
+    """Where a snapshot ensemble keeps its members (cycle ends); none when schedule.snapshot_ensemble is off."""
+    if not cfg.snapshot_ensemble:
+        return []
+    steps = cycle_end_steps(cfg, steps_per_epoch, total_steps)
+    if not steps and warn:
+        log.warning(
+            "schedule.snapshot_ensemble is on but no cosine cycle ends within the run's %s steps "
+            "(warm-up %d + cycle_epochs %s x %d steps): no snapshots will be kept",
+            total_steps,
+            cfg.warmup_steps,
+            cfg.cycle_epochs,
+            steps_per_epoch,
+        )
+    return steps

@@ -19,9 +19,11 @@ from emotionnet.data.source import resolve_data_dir
 from emotionnet.exit_codes import ExitCode
 from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
+from emotionnet.train.components import build_accelerator
+from emotionnet.train.control import NonFiniteLossError
 from emotionnet.train.run_dir import ResolvedRun, check_output_dir, resume_checkpoint, run_directory
 from emotionnet.train.run_lock import RunLock
-from emotionnet.train.trainer import NonFiniteLossError, Trainer, build_accelerator
+from emotionnet.train.trainer import Trainer
 
 CallbackFactory = Callable[[TrainConfig], Sequence[TrainerCallback]]
 Redactor = Callable[[dict], dict]
@@ -30,10 +32,10 @@ Redactor = Callable[[dict], dict]
 def run_training(
     cfg: TrainConfig, callbacks: CallbackFactory = lambda cfg: [], redact: Redactor = lambda tree: tree
 ) -> tuple[ExitCode, Trainer]:
-    """Train and test as `cfg` says. Errors in the output, data or run directory or the checkpoint raise
-    (RunDirError, DataSourceError, ValueError) before anything is trained, and RunBusyError when another
-    live run holds the run directory; a NaN/Inf loss raises NonFiniteLossError after the callbacks were
-    told (exit NONFINITE)."""
+    """Train and test as `cfg` says. A mistake in the configuration, output, data or run directory or the
+    checkpoint raises a UserError (ConfigError, DataSourceError, RunDirError, CheckpointError; RunBusyError
+    when another live run holds the run directory) before anything is trained; a NaN/Inf loss raises
+    NonFiniteLossError after the callbacks were told (exit NONFINITE)."""
     if cfg.run.num_threads is not None:
         torch.set_num_threads(cfg.run.num_threads)
     accelerator = build_accelerator(cfg)
@@ -71,7 +73,7 @@ def run_training(
             code = ExitCode.NONFINITE
             raise
         finally:
-            trainer.end(code)
+            trainer.recorder.end(code)
             accelerator.end_training()
         return code, trainer
 
@@ -89,8 +91,12 @@ def decide_run(cfg: TrainConfig, accelerator: Accelerator, held: ExitStack) -> t
 
 
 def fit_and_test(trainer: Trainer) -> ExitCode:
+    """Train; at the end, export `final/` and evaluate the exports (snapshot ensemble, `best/` on test)."""
     code = trainer.fit()
     if code == ExitCode.PREEMPTED:
         return code
-    trainer.finish(trainer.cfg.run.eval_tta)
+    trainer.export_final()
+    trainer.test_result = trainer.evaluator.exports(
+        trainer.layout, trainer.cfg.run.eval_tta, trainer.recorder.report
+    )
     return ExitCode.OK

@@ -37,16 +37,16 @@ if FAIL_RANK is not None and os.environ.get("RANK") == FAIL_RANK:
 code, trainer = run(sys.argv[1:])
 if trainer is not None:
     acc = trainer.accelerator
-    model = acc.unwrap_model(trainer.model)
+    model = acc.unwrap_model(trainer.parts.model)
     # Parameters only: DeepSpeed (unlike DDP) does not synchronise BatchNorm running statistics.
     state = {k: v.detach().float().cpu().clone() for k, v in model.named_parameters()}
     torch.save(state, trainer.run_dir / f"params_rank{acc.process_index}.pt")
     facts = {
         "world_size": acc.num_processes,
         "rank": acc.process_index,
-        "distributed": trainer.distributed_label(),
+        "distributed": trainer.environment["distributed_type"],
         "exit_code": code,
-        "param_dtype": str(next(trainer.model.parameters()).dtype),
+        "param_dtype": str(next(trainer.parts.model.parameters()).dtype),
     }
     (trainer.run_dir / f"rank{acc.process_index}.json").write_text(json.dumps(facts))
 sys.exit(code)
