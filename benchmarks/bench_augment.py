@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from benchmarks.bench_gpu import batch_list
-from benchmarks.report import publish
+from benchmarks.report import batch_list, publish
 from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig

@@ -1,57 +1,58 @@
-"""GPU training step time: precision x memory format x torch.compile mode, synthetic inputs.
+"""GPU training step time: the real `Trainer.train_step`, precision x memory format x torch.compile mode.
 
-On a CUDA machine, from the repo root (needs only torch and torchvision):
+On a CUDA machine, from the repo root (the installed project: the Trainer needs Accelerate and datasets):
     python -m benchmarks.bench_gpu --markdown                                  # full matrix, batch 8
     python -m benchmarks.bench_gpu --compile eager --batch-sizes 8,64,256      # eager only, fast
     python -m benchmarks.bench_gpu --compile reduce-overhead --precisions bf16
+    python -m benchmarks.bench_gpu --override run.compile_backend=aot_eager    # any recipe setting
 Smoke run anywhere (CI): python -m benchmarks.bench_gpu --cpu --steps 2 --warmup 1 --batch-sizes 2
 
-One training step = what the Trainer does per micro-batch: input to channels_last when asked,
-forward under autocast (bf16 / fp16), cross-entropy with label smoothing, backward (fp16 through a
-GradScaler), unscale + clip to norm 1, AdamW step, zero_grad. Inputs are uint8 faces preprocessed once
-on the device (no data loading), a few batches cycled so CUDA graphs copy fresh inputs like in training.
-Only the model is compiled, as with `run.compile=true`. Each step is timed with CUDA events (on CPU:
-perf_counter) after the warm-up steps (which include compilation); the table gives the median and
-90th percentile step time and images/s = batch / median. At batch 8 the default EmotionNet launches
-hundreds of small kernels per step, so launch overhead, not arithmetic, bounds eager mode; CUDA graphs
+Each variant is the recipe (`--recipe`, default `fer2013`: its model, augmentation, loss, AdamW and
+schedule) plus `data.batch_size`, `run.mixed_precision` (fp32 = "no", bf16, fp16), `run.channels_last`
+and `run.compile` / `run.compile_mode` (eager = no compilation), then any `--override`. One worker
+process per variant (Accelerate's state and dynamo are process-global) builds the Trainer as training
+does (`build_accelerator`, prepared loader with its workers) on synthetic FER-format faces through the
+prep stage, and times what the training loop does per micro-batch: `next(loader)` (the batch of pinned
+uint8 faces and augmentation parameter rows the loader's workers made, copied to the device by
+Accelerate) + `Trainer.train_step` (BatchAugment on the device, channels_last, forward under autocast,
+the recipe's loss, backward through Accelerate (fp16: GradScaler), clip, optimizer step, scheduler).
+Under `reduce-overhead` each step starts with `torch.compiler.cudagraph_mark_step_begin()`. Each step is
+timed with CUDA events (on CPU: perf_counter) after the warm-up steps (which include compilation and
+CUDA-graph recording); the table gives the median and 90th percentile step time, images/s = batch /
+median and the peak allocated memory. A variant that fails (out of memory, compile error) is reported
+in its row (the worker's last error line) and the rest still run. At batch 8 the EmotionNet step
+launches hundreds of small kernels, so launch overhead, not arithmetic, bounds eager mode; CUDA graphs
 (mode="reduce-overhead") replay the whole compiled graph with one launch.
 
-Full training step (`--full-step MODES`, default eager): a second table times what a training step
-costs from the loader's tensors on: pinned uint8 faces and their augmentation parameter rows (drawn by
-AugmentSampler beforehand, as the DataLoader workers do) copied to the device, BatchAugment there, then
-the step above. At batch 8 that adds the copy and ~25 small augmentation kernels to the model's step.
-
-Imports only torch, torchvision, numpy and emotionnet.model.emotionnet / emotionnet.data: no datasets,
-MLflow, DeepSpeed or Accelerate needed on the CUDA machine.
+--cpu runs the workers without CUDA and their loader in the main process (data.num_workers=0); fp16 and
+compiled variants are listed as skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
+import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from emotionnet.data.augment import AugmentSampler, BatchAugment
-from emotionnet.data.preprocessing import Preprocessing
-from emotionnet.data.transforms import AugmentConfig
-from emotionnet.model.emotionnet import EmotionNet, ModelConfig
+from benchmarks import trainer_steps
+from benchmarks.report import batch_list
 
+RECIPE = "fer2013"
 PRECISIONS = ("fp32", "bf16", "fp16")
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # run.mixed_precision
 LAYOUTS = ("off", "on")  # channels_last
 COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-INPUT_BATCHES = 4  # distinct input batches cycled through
-NUM_CLASSES = ModelConfig().num_classes
+CPU_OVERRIDES = ["data.num_workers=0"]  # --cpu: a smoke run, no loader worker processes
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,17 @@ class Variant:
     precision: str
     channels_last: bool
     compile_mode: str
-    full_step: bool = False  # from loader tensors (uint8 + parameter rows) through device augmentation
+
+    def overrides(self) -> list[str]:
+        """The recipe settings this variant sets."""
+        compiled = self.compile_mode != "eager"
+        return [
+            f"data.batch_size={self.batch}",
+            f"run.mixed_precision={MIXED_PRECISION[self.precision]}",
+            f"run.channels_last={str(self.channels_last).lower()}",
+            f"run.compile={str(compiled).lower()}",
+            *([f"run.compile_mode={self.compile_mode}"] if compiled else []),
+        ]
 
     def cpu_skip_reason(self) -> str | None:
         """Why --cpu does not run this variant (None: it runs)."""
@@ -95,6 +106,7 @@ class Row:
     def cells(self) -> list[str]:
         v = self.variant
         measured = self.step_ms is not None
+        rate = self.images_per_s if measured else 0.0
         return [
             str(v.batch),
             v.precision,
@@ -102,144 +114,76 @@ class Row:
             "on" if v.channels_last else "off",
             f"{self.median_ms:.2f}" if measured else "-",
             f"{self.p90_ms:.2f}" if measured else "-",
-            f"{self.images_per_s:,.0f}" if measured else "-",
+            # Whole images/s; 3 significant digits below 100 (a CPU smoke run's seconds-long steps).
+            ("-" if not measured else f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"),
             f"{self.warmup_s:.1f}" if measured else "-",
             f"{self.peak_mib:,.0f}" if self.peak_mib is not None else "-",
             self.note,
         ]
 
 
+# scripts/gpu_check_report.py reads the plain table by these names.
 HEADER = ["batch", "precision", "compile", "channels_last", "median ms", "p90 ms", "img/s", "warm-up s",
           "peak MiB", "note"]  # fmt: skip
 
 
-def make_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    variant: Variant,
-    device: torch.device,
-) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    dtype = AUTOCAST_DTYPES[variant.precision]
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        if variant.compile_mode == "reduce-overhead":
-            # A new iteration: CUDA-graph outputs of the previous step may be overwritten.
-            torch.compiler.cudagraph_mark_step_begin()
-        if variant.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=0.1)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def full_step(step: Callable, augment: BatchAugment, device: torch.device) -> Callable:
-    """The training step from the loader's (pinned) tensors: copy, augment on the device, step."""
-
-    def run(faces: torch.Tensor, params: torch.Tensor, labels: torch.Tensor) -> None:
-        images = augment(faces.to(device, non_blocking=True), params.to(device, non_blocking=True))
-        step(images, labels.to(device, non_blocking=True))
-
-    return run
-
-
-def synthetic_inputs(
-    batch: int, device: torch.device, full_step: bool = False
-) -> list[tuple[torch.Tensor, ...]]:
-    """Preprocessed faces and labels on the device; with `full_step`, what the loader hands over instead:
-    uint8 faces, parameter rows and labels in pinned host memory (CUDA) ."""
-    pre = Preprocessing(input_size=ModelConfig().input_size)
-    sampler = AugmentSampler(AugmentConfig(), pre, seed=0)
-    generator = torch.Generator().manual_seed(0)
-    batches = []
-    for i in range(INPUT_BATCHES):
-        faces = torch.randint(0, 256, (batch, 1, 48, 48), dtype=torch.uint8, generator=generator)
-        labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator)
-        if not full_step:
-            batches.append((pre(faces.to(device)), labels.to(device)))
-            continue
-        params = torch.from_numpy(sampler(0, np.arange(i * batch, (i + 1) * batch)))
-        pinned = [t.pin_memory() if device.type == "cuda" else t for t in (faces, params, labels)]
-        batches.append(tuple(pinned))
-    return batches
-
-
-def time_steps(step, inputs, steps: int, device: torch.device) -> list[float]:
-    """Milliseconds of each step: CUDA events on the GPU, perf_counter on the CPU."""
-    if device.type != "cuda":
-        times = []
-        for tensors in itertools.islice(itertools.cycle(inputs), steps):
-            start = time.perf_counter()
-            step(*tensors)
-            times.append(1000.0 * (time.perf_counter() - start))
-        return times
-    events = []
-    for tensors in itertools.islice(itertools.cycle(inputs), steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step(*tensors)
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) for start, end in events]
-
-
-def run_variant(variant: Variant, steps: int, warmup: int, device: torch.device) -> Row:
-    torch.manual_seed(0)
-    model = EmotionNet().to(device).train()
-    if variant.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    scaler = torch.amp.GradScaler(device.type, enabled=variant.precision == "fp16")
-    if variant.compile_mode != "eager":
-        mode = None if variant.compile_mode == "default" else variant.compile_mode
-        model = torch.compile(model, mode=mode)
-    step = make_step(model, optimizer, scaler, variant, device)
-    if variant.full_step:
-        step = full_step(step, BatchAugment(AugmentConfig(), Preprocessing(ModelConfig().input_size)), device)
-    inputs = synthetic_inputs(variant.batch, device, variant.full_step)
+def worker(args: argparse.Namespace) -> None:
+    """One variant in this process: print {"step_ms": [...], "warmup_s": ..., "peak_mib": ...} last."""
+    trainer = trainer_steps.build_trainer(args.recipe, Path(args.data), Path(args.out), args.overrides)
+    device = trainer.accelerator.device
+    batches = iter(trainer.parts.train_loader)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    time_steps(step, inputs, warmup, device)  # compilation, CUDA-graph recording, allocator warm-up
+    # Compilation, CUDA-graph recording, the loader's workers and the allocator warm up here.
+    trainer_steps.time_steps(trainer, batches, args.warmup)
     warmup_s = time.perf_counter() - start
-    times = time_steps(step, inputs, steps, device)
+    step_ms = trainer_steps.time_steps(trainer, batches, args.steps)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return Row(variant, times, warmup_s, peak)
+    print(json.dumps({"step_ms": step_ms, "warmup_s": warmup_s, "peak_mib": peak}))
 
 
-def run_matrix(variants: list[Variant], steps: int, warmup: int, device: torch.device) -> list[Row]:
-    rows = []
-    for i, variant in enumerate(variants, 1):
-        skip = variant.cpu_skip_reason() if device.type == "cpu" else None
-        if skip is not None:
-            rows.append(Row(variant, note=skip))
-            continue
-        print(f"[{i}/{len(variants)}] {variant}", file=sys.stderr, flush=True)
+def shared_overrides(args: argparse.Namespace) -> list[str]:
+    """The settings every variant gets after its own: --cpu's, then --override's."""
+    return [*(CPU_OVERRIDES if args.cpu else []), *args.overrides]
+
+
+def run_variant(variant: Variant, args: argparse.Namespace, data: Path) -> Row:
+    overrides = [*variant.overrides(), *shared_overrides(args)]
+    with tempfile.TemporaryDirectory() as out:
+        worker_args = [
+            "--recipe", args.recipe, "--data", str(data), "--out", out,
+            "--steps", str(args.steps), "--warmup", str(args.warmup),
+            *[f"--override={o}" for o in overrides],
+        ]  # fmt: skip
         try:
-            rows.append(run_variant(variant, steps, warmup, device))
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+            hide_gpu = {"CUDA_VISIBLE_DEVICES": ""} if args.cpu else None  # --cpu on a CUDA machine
+            result = trainer_steps.run_worker("benchmarks.bench_gpu", worker_args, hide_gpu)
+        except trainer_steps.WorkerError as err:
             # One failing mode (out of memory at batch 256, a compile backend error) must not lose the rest.
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            rows.append(Row(variant, note=f"failed: {type(err).__name__}: {first_line[:120]}"))
-        finally:
-            torch._dynamo.reset()  # every variant compiles afresh (and recompile limits never trip)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return rows
+            print(err.stderr[-3000:], file=sys.stderr)
+            return Row(variant, note=f"failed: {str(err)[:120]}")
+    return Row(variant, result["step_ms"], result["warmup_s"], result["peak_mib"])
 
 
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
+def run_matrix(variants: list[Variant], args: argparse.Namespace) -> list[Row]:
+    runs = [v for v in variants if not (args.cpu and v.cpu_skip_reason())]
+    rows = {v: Row(v, note=v.cpu_skip_reason()) for v in variants if v not in runs}
+    if runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            # Enough training faces for every step of the largest batch without an epoch's end (and the
+            # loader's one batch of lookahead).
+            train_rows = (args.warmup + args.steps + 2) * max(v.batch for v in runs)
+            data = trainer_steps.synthetic_data(Path(tmp), train_rows)
+            for i, variant in enumerate(runs, 1):
+                print(f"[{i}/{len(runs)}] {variant}", file=sys.stderr, flush=True)
+                rows[variant] = run_variant(variant, args, data)
+    return [rows[v] for v in variants]
+
+
+def device_description(cpu: bool) -> str:
+    if not cpu:
+        props = torch.cuda.get_device_properties(0)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
     return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} torch threads"
 
@@ -250,30 +194,22 @@ def plain_table(rows: list[Row]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in table)
 
 
-FULL_STEP_TITLE = "Full training step (loader tensors -> copy -> BatchAugment -> forward/backward/step):"
-
-
-def markdown(rows: list[Row], command: str, device: torch.device, steps: int, warmup: int) -> str:
+def markdown(rows: list[Row], command: str, args: argparse.Namespace) -> str:
     now = datetime.datetime.now(datetime.UTC)
+    settings = "".join(f" `{o}`" for o in shared_overrides(args))
     lines = [
         f"Command: `{command}`",
-        f"Device: {device_description(device)}; torch {torch.__version__}. Date: {now:%a %b %d %H:%M UTC %Y}.",
-        f"Default EmotionNet, synthetic inputs on the device; {warmup} warm-up steps (compilation included "
-        f"in warm-up s), median of {steps} timed steps.",
+        f"Device: {device_description(args.cpu)}; torch {torch.__version__}. "
+        f"Date: {now:%a %b %d %H:%M UTC %Y}.",
+        f"Recipe `{args.recipe}`{settings}, synthetic FER-format faces through the prep stage; "
+        f"`next(loader)` + `Trainer.train_step` per step, {args.warmup} warm-up steps (compilation "
+        f"included in warm-up s), median of {args.steps} timed steps.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---:|" * 2 + "---|" * 3 + "---:|" * 4 + "---|",
+        *("| " + " | ".join(r.cells()) + " |" for r in rows),
     ]
-    for title, part in tables(rows):
-        lines += ["", *([title, ""] if title else [])]
-        lines += ["| " + " | ".join(HEADER) + " |", "|" + "---:|" * 2 + "---|" * 3 + "---:|" * 4 + "---|"]
-        lines += ["| " + " | ".join(r.cells()) + " |" for r in part]
     return "\n".join(lines) + "\n"
-
-
-def tables(rows: list[Row]) -> list[tuple[str, list[Row]]]:
-    """The model-only rows (untitled, first: scripts/gpu_check_report.py reads that table), then the
-    full-step rows under their title."""
-    model = [r for r in rows if not r.variant.full_step]
-    full = [r for r in rows if r.variant.full_step]
-    return [(title, part) for title, part in (("", model), (FULL_STEP_TITLE, full)) if part]
 
 
 def csv_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -285,16 +221,6 @@ def csv_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
         return values
 
     return parse
-
-
-def batch_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"comma-separated positive integers, got {text!r}")
-    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,21 +237,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", type=csv_list(COMPILE_MODES), default=list(COMPILE_MODES))
     parser.add_argument("--steps", type=int, default=100, help="timed steps per variant (median of these)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (compilation included)")
+    parser.add_argument("--recipe", default=RECIPE, help="recipe name or YAML path the variants start from")
     parser.add_argument(
-        "--full-step",
-        type=csv_list(COMPILE_MODES),
-        default=["eager"],
-        help="compile modes that also get a full-step row per batch size (first precision and layout)",
-    )
+        "--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a setting for every variant, after the variant's own (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--cpu", action="store_true", help="smoke run on the CPU; CUDA-only variants skipped")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown section to paste")
+    trainer_steps.add_worker_arguments(parser)
     args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if not args.cpu and not torch.cuda.is_available():
         print("bench_gpu: no CUDA device visible; pass --cpu for a smoke run on the CPU", file=sys.stderr)
         return 2
-    device = torch.device("cpu" if args.cpu else "cuda")
 
     variants = [
         Variant(batch, precision, layout == "on", mode)
@@ -334,20 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions
         for layout in args.channels_last
     ]
-    variants += [
-        Variant(batch, args.precisions[0], args.channels_last[0] == "on", mode, full_step=True)
-        for batch in args.batch_sizes
-        for mode in args.full_step
-    ]
-    rows = run_matrix(variants, args.steps, args.warmup, device)
-    print(f"{device_description(device)}; torch {torch.__version__}")
-    for title, part in tables(rows):
-        print(f"\n{title}" if title else "", end="\n" if title else "")
-        print(plain_table(part))
+    rows = run_matrix(variants, args)
+    print(f"{device_description(args.cpu)}; torch {torch.__version__}")
+    print(plain_table(rows))
     if args.markdown:
         command = " ".join(["python -m benchmarks.bench_gpu", *(sys.argv[1:] if argv is None else argv)])
         print()
-        print(markdown(rows, command, device, args.steps, args.warmup))
+        print(markdown(rows, command, args))
     return 1 if any(r.note.startswith("failed") for r in rows) else 0
 
 

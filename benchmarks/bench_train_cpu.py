@@ -22,12 +22,13 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import torch
+
+from benchmarks import trainer_steps
 from benchmarks.report import publish
 from emotionnet.train.environment import cpu_model
 
@@ -39,64 +40,30 @@ DEFAULT_VARIANTS = {"baseline": ["run.channels_last=false", "optim.fused=false"]
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One variant in this process: print {"img_s": ..., "step_ms": [...]} as the last line."""
-    import torch
-
-    from emotionnet.config import loader
-    from emotionnet.config.recipes import resolve_recipe
-    from emotionnet.config.schema import TrainConfig
-    from emotionnet.train.components import build_accelerator
-    from emotionnet.train.trainer import Trainer
-
+    """One variant in this process: print {"img_s": ..., "median_ms": ...} as the last line."""
     torch.set_num_threads(args.threads)
-    overrides = [
-        f"data.data_dir={args.data}",
-        "tracking.enabled=false",
-        f"run.output_dir={args.out}",
-        f"run.num_threads={args.threads}",
-        *args.overrides,
-    ]
-    cfg = loader.load(TrainConfig, resolve_recipe(RECIPE), overrides)
-    run_dir = Path(args.out) / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, build_accelerator(cfg), run_dir)
-    trainer.parts.model.train()
+    overrides = [f"run.num_threads={args.threads}", *args.overrides]
+    trainer = trainer_steps.build_trainer(RECIPE, Path(args.data), Path(args.out), overrides)
     batches = iter(trainer.parts.train_loader)
-    step_s = []
-    for _ in range(args.warmup + args.steps):
-        start = time.perf_counter()
-        trainer.train_step(next(batches))
-        step_s.append(time.perf_counter() - start)
-    timed = step_s[args.warmup :]
-    batch = cfg.data.batch_size
-    print(
-        json.dumps({"img_s": len(timed) * batch / sum(timed), "median_ms": 1000 * statistics.median(timed)})
-    )
+    trainer_steps.time_steps(trainer, batches, args.warmup)
+    timed_ms = trainer_steps.time_steps(trainer, batches, args.steps)
+    img_s = len(timed_ms) * trainer.cfg.data.batch_size * 1000 / sum(timed_ms)
+    print(json.dumps({"img_s": img_s, "median_ms": statistics.median(timed_ms)}))
 
 
 def run_variant(args: argparse.Namespace, data: Path, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        command = [
-            sys.executable, "-m", "benchmarks.bench_train_cpu", "--worker",
+        worker_args = [
             "--data", str(data), "--out", out, "--threads", str(args.threads),
             "--steps", str(args.steps), "--warmup", str(args.warmup),
             *[f"--override={o}" for o in overrides],
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"variant {overrides} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def synthetic_data(root: Path, rows: int) -> Path:
-    """FER-sized faces (48x48, 7 classes) from data_prep's generator through the real prep stage."""
-    from data_prep.prepare import PrepOptions, prepare
-    from data_prep.synth import write_synthetic_csv
-
-    csv = write_synthetic_csv(root / "synthetic.csv", rows=rows, seed=0)
-    prepare(csv, root / "prepared", PrepOptions(progress=False))
-    return root / "prepared"
+        try:
+            return trainer_steps.run_worker(
+                "benchmarks.bench_train_cpu", worker_args, {"OMP_NUM_THREADS": str(args.threads)}
+            )
+        except trainer_steps.WorkerError as err:
+            raise SystemExit(f"variant {overrides} failed:\n{err.stderr[-3000:]}") from None
 
 
 def parse_variants(specs: list[str]) -> dict[str, list[str]]:
@@ -148,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "--synthetic", action="store_true", help=f"synthetic faces even if {REAL_DATA} exists"
     )
     parser.add_argument("--doc", default="docs/benchmarks.md", help="markdown file to update ('' to skip)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    trainer_steps.add_worker_arguments(parser)
     parser.add_argument("--override", dest="overrides", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -162,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         real = REAL_DATA.is_dir() and not args.synthetic
-        rows = (args.steps + args.warmup) * 32 * 2 + 200
-        data = REAL_DATA if real else synthetic_data(Path(tmp), rows)
+        train_rows = (args.steps + args.warmup) * 32 * 2
+        data = REAL_DATA if real else trainer_steps.synthetic_data(Path(tmp), train_rows)
         for round_index in range(args.rounds):
             for name, overrides in variants.items():
                 results[name].append(run_variant(args, data, overrides))

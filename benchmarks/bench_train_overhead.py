@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.report import publish
-from data_prep.prepare import PrepOptions, prepare
-from data_prep.synth import write_synthetic_csv
+from benchmarks.trainer_steps import synthetic_data
 from emotionnet.config import loader as config_loader
 from emotionnet.config.schema import TrainConfig
 from emotionnet.data.augment import AugmentSampler, BatchAugment
@@ -226,13 +225,6 @@ def measure(data_dir: Path, output_dir: Path, workers: int, steps: int, warmup: 
     return result
 
 
-def synthetic_prepared(root: Path, train_rows: int) -> Path:
-    """data_prep's synthetic CSV through the real prep stage; 80% of its rows are Training."""
-    csv = write_synthetic_csv(root / "synthetic.csv", rows=int(train_rows / 0.8) + 50, seed=0)
-    prepare(csv, root / "prepared", PrepOptions(progress=False))
-    return root / "prepared"
-
-
 def report(command: str, results: list[Result], threads: int, warmup: int, load: tuple[float, float]) -> str:
     first = results[0]
     lines = [
@@ -326,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         # All steps inside the first epoch: no evaluation among the timed steps.
-        data_dir = synthetic_prepared(root, train_rows=(args.steps + 10) * TrainConfig().data.batch_size)
+        data_dir = synthetic_data(root, train_rows=(args.steps + 10) * TrainConfig().data.batch_size)
         results = []
         for w in workers:
             print(f"data.num_workers={w}: Trainer.fit, a minimal step after each of its steps", flush=True)

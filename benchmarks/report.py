@@ -1,7 +1,8 @@
-"""What every benchmark shares: the machine description and writing its own section of docs/benchmarks.md."""
+"""What every benchmark shares: writing its own section of docs/benchmarks.md, and parsing a list of batch sizes."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from data_prep.files import write_atomic
@@ -32,3 +33,14 @@ def publish(section: str, doc: str | None) -> None:
     if doc:
         write_section(Path(doc), section)
         print(f"updated {doc}")
+
+
+def batch_list(text: str) -> list[int]:
+    """`--batch-sizes 8,64,256` -> [8, 64, 256]."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"comma-separated positive integers, got {text!r}")
+    return values

@@ -140,15 +140,12 @@ def junit_records(path: Path) -> list[dict]:
 
 
 def bench_gpu_figures(path: Path) -> dict:
-    """Rows of bench_gpu's plain tables, keyed `b<batch>_<precision>_<compile>[_cl]`; rows of its
-    full-training-step table (the one titled "Full training step ...") get the prefix `full_`."""
+    """Rows of bench_gpu's plain table, keyed `b<batch>_<precision>_<compile>[_cl]`."""
     lines = path.read_text(errors="replace").splitlines()
     figures = {}
     for start, line in enumerate(lines):
         if not line.startswith("batch  "):
             continue
-        title = next((t for t in reversed(lines[:start]) if t.strip()), "")
-        prefix = "full_" if title.startswith("Full training step") else ""
         header = re.split(r"\s{2,}", line.strip())
         for row_line in lines[start + 1 :]:
             cells = re.split(r"\s{2,}", row_line.strip(), maxsplit=len(header) - 1)
@@ -156,7 +153,7 @@ def bench_gpu_figures(path: Path) -> dict:
                 break
             row = dict(zip(header, cells, strict=False))
             layout = "_cl" if row["channels_last"] == "on" else ""
-            figures[f"{prefix}b{row['batch']}_{row['precision']}_{row['compile']}{layout}"] = {
+            figures[f"b{row['batch']}_{row['precision']}_{row['compile']}{layout}"] = {
                 "median_ms": number(row["median ms"]),
                 "p90_ms": number(row["p90 ms"]),
                 "img_s": number(row["img/s"]),

@@ -95,7 +95,7 @@ def test_cpu_dry_run_reports_every_check_and_none_failed(tmp_path):
     assert gpu_tests and all(statuses[name] == "skip" for name in gpu_tests)  # no CUDA here
     assert statuses["bench_gpu_b64"] == "skip"
     bench = next(c for c in report["checks"] if c["name"] == "bench_gpu_b8")["figures"]
-    assert bench["b8_bf16_eager"]["median_ms"] > 0 and bench["full_b8_bf16_eager"]["median_ms"] > 0
+    assert bench.keys() == {"b8_bf16_eager"} and bench["b8_bf16_eager"]["median_ms"] > 0
     recipe = next(c for c in report["checks"] if c["name"] == "recipe")["figures"]
     assert recipe["exit_code"] == 0 and recipe["validations"] >= 1 and recipe["best_accuracy"] is not None
     assert (out / "recipe_model.tar.gz").stat().st_size == recipe["model_tar_bytes"]
