@@ -126,3 +126,11 @@ def test_the_bundled_model_is_the_default(capsys, monkeypatch, photo):
     (image,) = output["images"]
     (face,) = image["faces"]
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_file_name_with_a_newline_is_quoted_in_the_text_output(capsys, tmp_path, model, crop):
+    forged = tmp_path / "a.png\nfake.png: face 1 (whole image): happy"
+    crop.rename(forged)
+    assert main(["--model", str(model), str(forged), "--no-detect", "--no-progress"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()  # one image, one face: one line, nothing forged
+    assert line.startswith(repr(str(forged)) + ": face 1 (whole image): ")

@@ -18,17 +18,24 @@ from emotionnet.inference.predict import ImageResult, predict
 PROG = "emotionnet-predict"
 
 
+def shown_path(path: str) -> str:
+    """`path` as is, or quoted (Python string syntax) when it holds a newline or another character that
+    is not printable, so that a file's name cannot forge lines of the text output."""
+    return path if path.isprintable() else repr(path)
+
+
 def format_text(results: list[ImageResult]) -> str:
     lines = []
     for result in results:
+        shown = shown_path(result.path)
         if result.error:
-            lines.append(f"{result.path}: error: {result.error}")
+            lines.append(f"{shown}: error: {result.error}")
         elif not result.faces:
-            lines.append(f"{result.path}: no face found")
+            lines.append(f"{shown}: no face found")
         for k, face in enumerate(result.faces, start=1):
             where = "whole image" if not face.detected else "x={} y={} w={} h={}".format(*face.box)
             probs = " ".join(f"{name} {p:.3f}" for name, p in face.probabilities.items())
-            lines.append(f"{result.path}: face {k} ({where}): {face.label} | {probs}")
+            lines.append(f"{shown}: face {k} ({where}): {face.label} | {probs}")
     return "\n".join(lines)
 
 
