@@ -312,6 +312,20 @@ def test_a_checkpoint_that_does_not_fit_fails_in_one_line_and_the_callbacks_hear
     assert not (outputs / "r" / "run.lock").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("model.depth=2", r"missing from the checkpoint: encoder\S*\.1\.\S+, "),
+     ("model.head_hidden=48", r"\S+weight is \(32, \d+\) in the checkpoint but \(48, \d+\) in the model")],
+)  # fmt: skip
+def test_a_checkpoint_of_another_architecture_names_the_keys_and_shapes_that_differ(
+    outputs, data_dir, capsys, override, named
+):
+    code, _ = train(data_dir, outputs, "--run_name", "r", "--resume", "latest", override)
+    assert code == ExitCode.BAD_INPUT
+    line = one_error_line(capsys.readouterr().err)
+    assert "holds another architecture" in line and re.search(named, line), line
+
+
 # ---- 11: torn metrics.jsonl -------------------------------------------------------------------------
 
 

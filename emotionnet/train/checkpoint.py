@@ -156,6 +156,39 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(err).__name__
 
 
+# The lines of `load_state_dict`'s error (torch's, and safetensors' `load_model`, which words it the same).
+_KEYS_LINE = re.compile(r"^\s*(Missing|Unexpected) key\(s\) in state_dict: (.*?)\.?\s*$", re.MULTILINE)
+_SHAPE_LINE = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[(.*?)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[(.*?)\]\)"
+)
+
+
+def _why_it_does_not_fit(err: BaseException) -> str:
+    """One line for the user: for weights of another architecture, the keys and shapes that differ (the
+    error lists them on lines that its first line only announces); else the error's first line."""
+    text = str(err)
+    if not text.startswith("Error(s) in loading state_dict"):
+        return _first_line(err)
+    where = {"Missing": "missing from the checkpoint", "Unexpected": "in the checkpoint, not in the model"}
+    differences = []
+    for kind, keys in _KEYS_LINE.findall(text):
+        names = [key.strip(' "') for key in keys.split(",")]
+        differences.append(f"{where[kind]}: {_some(names)}")
+    shapes = [
+        f"{name} is ({saved}) in the checkpoint but ({wanted}) in the model"
+        for name, saved, wanted in _SHAPE_LINE.findall(text)
+    ]
+    if shapes:
+        differences.append(_some(shapes, separator="; "))
+    return f"it holds another architecture ({'; '.join(differences) or _first_line(err)})"
+
+
+def _some(items: list[str], separator: str = ", ", shown: int = 4) -> str:
+    more = f"{separator}and {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(items[:shown]) + more
+
+
 class CheckpointManager:
     """Checkpoints live in `<run_dir>/checkpoints/step_XXXXXXXX/`.
 
@@ -225,7 +258,9 @@ class CheckpointManager:
             for name, obj in self.tensor_state.items():
                 obj.load_state_dict(load_file(path / f"{name}.safetensors"))
         except (OSError, RuntimeError, ValueError, SafetensorError, pickle.UnpicklingError) as err:
-            raise CheckpointError(f"checkpoint {path} does not fit this run: {_first_line(err)}") from err
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run: {_why_it_does_not_fit(err)}"
+            ) from err
 
     def path(self, step: int) -> Path:
         return checkpoint_path(self.run_dir, step)
