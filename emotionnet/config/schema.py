@@ -34,9 +34,15 @@ class OptimConfig:
     fused: bool = True
     # Exponential moving average of the weights, used for validation, exports and snapshots; 0 = off.
     ema_decay: float = 0.0
+    # How the learning rate follows the global batch (data.batch_size x processes x grad_accum_steps):
+    # optim.lr is the rate at optim.reference_batch, times global/reference ("linear", Goyal et al. 2017,
+    # for SGD) or its square root ("sqrt", for Adam: Malladi et al. 2022); "none" keeps optim.lr whatever
+    # the number of processes.
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    reference_batch: int = 8
 
     def __post_init__(self) -> None:
-        check_at_least("optim", self, 1, ("grad_accum_steps",))
+        check_at_least("optim", self, 1, ("grad_accum_steps", "reference_batch"))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"optim.ema_decay must be in [0, 1) (0 turns it off), got {self.ema_decay}")
 

@@ -381,9 +381,10 @@ class MlflowTracker(TrainerCallback):
         mlflow.set_tags(run_tags(trainer, self.tracking.tags))
         if run_id is None:
             log_run_inputs(self.cfg)
+            mlflow.log_params(trainer.resolved)
         else:
             self._logged = logged_steps(client, run_id)
-            self._log_new_params(client)
+            self._log_new_params(client, trainer.resolved)
             log.info("continuing MLflow run %s from step %d", run_id, trainer.progress.step)
         grid = trainer.layout.reports / AUGMENT_GRID_NAME  # written by the trainer just before on_start
         if grid.is_file():
@@ -462,12 +463,12 @@ class MlflowTracker(TrainerCallback):
             return None
         return record.run_id
 
-    def _log_new_params(self, client: MlflowClient) -> None:
+    def _log_new_params(self, client: MlflowClient, resolved: dict[str, str]) -> None:
         """On resume: params MLflow does not have yet (MLflow refuses to change a logged param)."""
         import mlflow
 
         existing = client.get_run(self.run_id).data.params
-        params = {k: str(v) for k, v in flatten(redact_tree(to_dict(self.cfg))).items()}
+        params = {k: str(v) for k, v in flatten(redact_tree(to_dict(self.cfg))).items()} | resolved
         changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
         if changed:
             log.info("params changed on resume, MLflow keeps the first values: %s", ", ".join(changed))

@@ -28,6 +28,7 @@ class TrainerView(Protocol):
     metrics_log: MetricsLog
     splits: dict[str, datasets.Dataset]
     environment: dict[str, str]  # hosts, device, world size, precision, versions (environment.jsonl)
+    resolved: dict[str, str]  # settings derived at start: the scaled learning rate, the global batch
 
 
 class TrainerCallback:

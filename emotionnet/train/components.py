@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,7 +30,9 @@ from emotionnet.data.transforms import build_batch_mixing
 from emotionnet.model.emotionnet import create_model
 from emotionnet.train.ema import WeightEMA
 from emotionnet.train.loss import Criterion
-from emotionnet.train.optim import LRSchedule, create_optimizer, create_scheduler
+from emotionnet.train.optim import LRSchedule, create_optimizer, create_scheduler, scaled_lr
+
+log = logging.getLogger(__name__)
 
 
 def build_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -83,6 +86,7 @@ class Components:
     channels_last: bool
     input_dtype: torch.dtype  # DeepSpeed keeps bf16/fp16 weights and inputs must match; else autocast
     steps_per_epoch: int  # optimizer steps
+    lr: float  # the peak learning rate, optim.lr scaled to the global batch (optim.lr_scaling)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -136,7 +140,14 @@ def build_components(cfg: TrainConfig, accelerator: Accelerator) -> Components:
         )
     # DeepSpeed on a CPU keeps the per-tensor loop (fused kernels untried under its ZeRO partitions).
     fused = cfg.optim.fused and (accelerator.device.type == "cuda" or not deepspeed)
-    optimizer = create_optimizer(model, cfg.optim, fused=fused)
+    batch = global_batch(cfg, accelerator.num_processes)
+    lr = scaled_lr(cfg.optim, batch)
+    if accelerator.is_main_process:
+        log.info(
+            "learning rate %g: optim.lr %g, %s scaling, global batch %d (reference %d)",
+            lr, cfg.optim.lr, cfg.optim.lr_scaling, batch, cfg.optim.reference_batch,
+        )  # fmt: skip
+    optimizer = create_optimizer(model, cfg.optim, fused=fused, lr=lr)
     scheduler = create_scheduler(
         optimizer, cfg.schedule, steps_per_epoch, schedule_steps(cfg, steps_per_epoch)
     )
@@ -164,7 +175,13 @@ def build_components(cfg: TrainConfig, accelerator: Accelerator) -> Components:
         channels_last=channels_last,
         input_dtype=next(model.parameters()).dtype if deepspeed else torch.float32,
         steps_per_epoch=len(train_loader) // cfg.optim.grad_accum_steps,
+        lr=lr,
     )
+
+
+def global_batch(cfg: TrainConfig, num_processes: int) -> int:
+    """Faces per optimizer step, over all processes and accumulated micro-batches."""
+    return cfg.data.batch_size * num_processes * cfg.optim.grad_accum_steps
 
 
 def eval_loader(cfg: TrainConfig, split: datasets.Dataset) -> torch.utils.data.DataLoader:

@@ -24,6 +24,7 @@ from emotionnet.config.schema import TrainConfig
 from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode
 from emotionnet.train.budget import EVAL_COST_PER_IMAGE, Pace, TimeBudget
+from emotionnet.train.components import global_batch
 from emotionnet.train.optim import LRSchedule
 from emotionnet.train.progress import TrainerProgress
 
@@ -107,8 +108,7 @@ class RunControl:
         self.total_steps = min(lr_schedule.total_steps or math.inf, self.max_steps)
         self.budget = TimeBudget(self.budget_min, steps_per_epoch) if self.budget_min else None
         self.calibration_step = max(cfg.schedule.warmup_steps, MIN_CALIBRATION_STEPS)
-        global_batch = cfg.data.batch_size * accelerator.num_processes * cfg.optim.grad_accum_steps
-        self.validation_steps = validation_rows / global_batch
+        self.validation_steps = validation_rows / global_batch(cfg, accelerator.num_processes)
         self.on_plan: Callable[[int], None] = lambda total_steps: None
 
     @property

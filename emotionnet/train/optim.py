@@ -34,14 +34,25 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def create_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """`fused`: AdamW's fused implementation (CUDA and CPU; the Trainer asks for it except under DeepSpeed on a CPU)."""
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """The peak learning rate at this global batch: optim.lr scaled by optim.lr_scaling from
+    optim.reference_batch."""
+    ratio = global_batch / cfg.reference_batch
+    return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
+
+
+def create_optimizer(
+    model: torch.nn.Module, cfg: OptimConfig, fused: bool = False, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """`fused`: AdamW's fused implementation (CUDA and CPU; the Trainer asks for it except under DeepSpeed on
+    a CPU). `lr`: the peak rate (`scaled_lr`); None: optim.lr as it stands."""
     groups = param_groups(model, cfg.weight_decay)
+    lr = cfg.lr if lr is None else lr
     if cfg.name == "sgd":
         # Coupled (L2) weight decay, as in the SGD recipes its values come from (e.g. 5e-4).
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True if fused else None
+        groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True if fused else None
     )
 
 

@@ -32,7 +32,7 @@ class RunRecorder:
         """The environment record and the augmentation grid (before on_start, which mirrors both)."""
         t = self.trainer
         if self.main:
-            record = {"time": time.time(), "step": t.progress.step, **t.environment}
+            record = {"time": time.time(), "step": t.progress.step, **t.environment, **t.resolved}
             MetricsLog(t.layout.environment).append(record)
             grid = t.layout.reports / AUGMENT_GRID_NAME
             write_augment_grid(grid, t.cfg.augment, preprocessing, t.cfg.run.seed, t.splits["train"])

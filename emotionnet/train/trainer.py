@@ -30,7 +30,7 @@ from emotionnet.inference.export import save_export
 from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.checkpoint import CheckpointManager
-from emotionnet.train.components import build_components, eval_loader, schedule_steps
+from emotionnet.train.components import build_components, eval_loader, global_batch, schedule_steps
 from emotionnet.train.control import RunControl
 from emotionnet.train.environment import describe_environment
 from emotionnet.train.loss_window import LossWindow
@@ -67,6 +67,11 @@ class Trainer:
             self.sample_log.path.parent.mkdir(parents=True, exist_ok=True)
 
         self.parts = build_components(cfg, accelerator)
+        # What this launch made of the configuration (environment.jsonl, MLflow params).
+        self.resolved = {
+            "optim.resolved_lr": str(self.parts.lr),
+            "data.global_batch": str(global_batch(cfg, accelerator.num_processes)),
+        }
         self.checkpoints = CheckpointManager(
             run_dir, accelerator, cfg.checkpoint.keep_last, cfg.checkpoint.every_steps
         )
