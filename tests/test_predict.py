@@ -1,9 +1,11 @@
 """`emotionnet-predict`: a face found in a real photo, 48x48 crops without detection, no-face images,
-annotated output and bad paths."""
+annotated output, bad paths, and results streamed while inputs remain."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,9 @@ from data_prep.schema import CLASS_NAMES
 from data_prep.synth import render_faces
 from emotionnet.assets import BUNDLED_MODEL
 from emotionnet.cli.predict import main
-from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble
+from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, FORWARD_BATCH, Ensemble
+from emotionnet.inference.predict import predict_stream
+from tests.conftest import REPO_ROOT
 from tests.test_evaluate import make_export, one_torch_thread  # noqa: F401 (an autouse fixture)
 
 
@@ -134,3 +138,62 @@ def test_a_file_name_with_a_newline_is_quoted_in_the_text_output(capsys, tmp_pat
     assert main(["--model", str(model), str(forged), "--no-detect", "--no-progress"]) == 0
     (line,) = capsys.readouterr().out.splitlines()  # one image, one face: one line, nothing forged
     assert line.startswith(repr(str(forged)) + ": face 1 (whole image): ")
+
+
+# ---- streaming: results come out while inputs remain ------------------------------------------------
+
+
+@pytest.fixture
+def crops_folder(tmp_path) -> Path:
+    """More 48x48 synthetic faces than one classification batch holds, named in input order."""
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    labels = np.arange(FORWARD_BATCH + 20) % len(CLASS_NAMES)
+    for i, face in enumerate(render_faces(labels, np.random.default_rng(1))):
+        assert cv2.imwrite(str(folder / f"{i:04d}.png"), face)
+    return folder
+
+
+def test_results_stream_before_the_last_image_is_read(model, crops_folder):
+    files = sorted(crops_folder.iterdir())
+    ensemble = Ensemble.load([str(model)], torch.device("cpu"))
+    stream = predict_stream([str(crops_folder)], ensemble, progress=False)
+    first = next(stream)
+    files[-1].unlink()  # not read yet: it is reported as unreadable rather than classified
+    results = [first, *stream]
+    assert [r.path for r in results] == [str(f) for f in files]
+    assert results[-1].error is not None and all(r.error is None for r in results[:-1])
+    # the same probabilities as classifying every face in one go
+    faces = torch.from_numpy(np.stack([cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files[:-1]]))
+    expected = ensemble.predict_proba(faces).tolist()
+    streamed = [list(r.faces[0].probabilities.values()) for r in results[:-1]]
+    np.testing.assert_allclose(streamed, expected, rtol=0, atol=1e-6)
+
+
+def test_cli_prints_json_lines_while_inputs_remain_with_a_progress_bar(capsys, tmp_path, model, crops_folder):
+    files = sorted(crops_folder.iterdir())
+    command = [
+        sys.executable,
+        "-m",
+        "emotionnet.cli.predict",
+        "--model",
+        str(model),
+        str(crops_folder),
+        "--jsonl",
+    ]
+    with (
+        open(tmp_path / "stderr.txt", "w") as stderr,  # a file: a full stderr pipe would block the command
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO_ROOT) as process,
+    ):
+        first = process.stdout.readline()
+        files[-1].unlink()
+        rest = process.stdout.read()
+        process.wait(timeout=120)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert process.returncode == 2, err  # the file removed mid-run is a per-file error
+    lines = [json.loads(line) for line in [first, *rest.splitlines()]]
+    assert [line["path"] for line in lines] == [str(f) for f in files]
+    assert lines[-1]["error"] == "not an image file that can be read"
+    assert "predict: 100%" in err  # the progress bar, on stderr
+    # line for line what --json gives for the files that remain
+    assert lines[:-1] == predict_json(capsys, "--model", model, crops_folder)["images"]

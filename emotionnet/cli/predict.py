@@ -1,4 +1,7 @@
-"""`emotionnet-predict PATH...`: find the faces in photos and classify each one's expression."""
+"""`emotionnet-predict PATH...`: find the faces in photos and classify each one's expression.
+
+Text and JSON Lines (`--jsonl`) results are printed as they are classified, with a progress bar on stderr;
+`--json` prints one object at the end."""
 
 from __future__ import annotations
 
@@ -8,12 +11,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from tqdm import tqdm
+
 from emotionnet.cli import report_user_error
 from emotionnet.data.transforms import TTA_MODES
 from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, pick_device
-from emotionnet.inference.predict import ImageResult, predict
+from emotionnet.inference.predict import ImageResult, predict_stream
 
 PROG = "emotionnet-predict"
 
@@ -24,19 +29,25 @@ def shown_path(path: str) -> str:
     return path if path.isprintable() else repr(path)
 
 
-def format_text(results: list[ImageResult]) -> str:
+def result_lines(result: ImageResult) -> list[str]:
+    """The text output's lines for one image: one per face, or one saying why there is none."""
+    shown = shown_path(result.path)
+    if result.error:
+        return [f"{shown}: error: {result.error}"]
+    if not result.faces:
+        return [f"{shown}: no face found"]
     lines = []
-    for result in results:
-        shown = shown_path(result.path)
-        if result.error:
-            lines.append(f"{shown}: error: {result.error}")
-        elif not result.faces:
-            lines.append(f"{shown}: no face found")
-        for k, face in enumerate(result.faces, start=1):
-            where = "whole image" if not face.detected else "x={} y={} w={} h={}".format(*face.box)
-            probs = " ".join(f"{name} {p:.3f}" for name, p in face.probabilities.items())
-            lines.append(f"{shown}: face {k} ({where}): {face.label} | {probs}")
-    return "\n".join(lines)
+    for k, face in enumerate(result.faces, start=1):
+        where = "whole image" if not face.detected else "x={} y={} w={} h={}".format(*face.box)
+        probs = " ".join(f"{name} {p:.3f}" for name, p in face.probabilities.items())
+        lines.append(f"{shown}: face {k} ({where}): {face.label} | {probs}")
+    return lines
+
+
+def emit(text: str) -> None:
+    """One piece of output on stdout now (not when the buffer fills), around the progress bar on stderr."""
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="model export directory or MLflow model URI; repeat for an ensemble "
         f"(default: ${DEFAULT_MODEL_ENV} or the bundled model)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    output.add_argument(
+        "--jsonl", action="store_true", help="print one JSON object per image, as each is classified"
+    )
     parser.add_argument("--annotate", metavar="OUT_DIR", type=Path, help="write images with boxes and labels")
     parser.add_argument("--no-detect", action="store_true", help="classify each whole image as one face")
     parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
@@ -65,18 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    images: list[dict] = []  # --json: printed at the end, as one object
+    failed = False
     try:
         ensemble = Ensemble.load(args.model, pick_device(args.device))
-        results = predict(
+        for result in predict_stream(
             args.paths, ensemble, not args.no_detect, args.tta, args.annotate, not args.no_progress
-        )
+        ):
+            failed |= result.error is not None
+            if args.json:
+                images.append(asdict(result))
+            elif args.jsonl:
+                emit(json.dumps(asdict(result)))
+            else:
+                emit("\n".join(result_lines(result)))
     except UserError as err:
         return report_user_error(PROG, err)
     if args.json:
-        print(json.dumps({"models": ensemble.sources, "images": [asdict(r) for r in results]}))
-    else:
-        print(format_text(results))
-    return ExitCode.BAD_INPUT if any(r.error for r in results) else ExitCode.OK
+        print(json.dumps({"models": ensemble.sources, "images": images}))
+    return ExitCode.BAD_INPUT if failed else ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -9,13 +9,18 @@ pixels decoded) and one over MAX_IMAGE_PIXELS is refused with a per-file error b
 of a few hundred KB can hold 20000x20000 pixels); faces are searched in a copy downscaled to at most
 DETECT_MAX_PIXELS (the cascade's memory and time grow with the pixels searched) and cropped from the
 full image; images are decoded one at a time and not kept.
+
+Results stream: `predict_stream` yields each image's result in input order as soon as its faces are
+classified, in batches of up to FORWARD_BATCH faces that wait at most STREAM_WAIT_S to fill, so the first
+results of a 10,000-image job come out within seconds, not at the end.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +42,7 @@ MIN_FACE_PX = 30  # smaller detections are mostly false positives, and too blurr
 MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused (decoded as BGR: 150 MB at the limit)
 NOT_AN_IMAGE = "not an image file that can be read"
 DETECT_MAX_PIXELS = 4_000_000  # faces are searched in a copy downscaled to this (a 2449x1633 photo)
+STREAM_WAIT_S = 1.0  # the longest a result waits for its batch to fill before it is classified
 
 
 class PredictInputError(UserError):
@@ -163,17 +169,40 @@ def _clip(box: tuple[int, ...], width: int, height: int) -> tuple[int, int, int,
     return x, y, min(w, width - x), min(h, height - y)
 
 
-def classify(ensemble: Ensemble, crops: list[np.ndarray], tta: str, progress: bool) -> torch.Tensor:
-    """(N, K) probabilities of 48x48 uint8 crops, FORWARD_BATCH faces at a time (their TTA views in
-    passes of FORWARD_BATCH images)."""
-    if not crops:
-        return torch.empty(0, len(ensemble.class_names))
-    faces = torch.from_numpy(np.stack(crops))
-    starts = range(0, len(faces), FORWARD_BATCH)
-    bar = tqdm(
-        starts, desc="classify", unit="batch", disable=not progress or len(starts) < 2, file=sys.stderr
-    )
-    return torch.cat([ensemble.predict_proba(faces[i : i + FORWARD_BATCH], tta) for i in bar])
+class PendingBatch:
+    """Results whose faces are found but not yet classified, in input order. Their crops are classified
+    together once FORWARD_BATCH faces are pending (full batches for throughput), or sooner when the first
+    has waited STREAM_WAIT_S (so that results of slow inputs still come out as they go)."""
+
+    def __init__(self) -> None:
+        self.results: list[ImageResult] = []
+        self.crops: list[np.ndarray] = []
+        self.since = 0.0  # when the first pending result was added
+
+    def add(self, result: ImageResult, crops: list[np.ndarray]) -> None:
+        if not self.results:
+            self.since = time.monotonic()
+        self.results.append(result)
+        self.crops += crops
+
+    def ready(self) -> bool:
+        waited = time.monotonic() - self.since
+        return len(self.crops) >= FORWARD_BATCH or (bool(self.results) and waited >= STREAM_WAIT_S)
+
+    def classify(self, ensemble: Ensemble, tta: str) -> list[ImageResult]:
+        """The pending results with each face's probabilities and label filled in; empties the batch."""
+        results, crops = self.results, self.crops
+        self.results, self.crops = [], []
+        if not crops:
+            return results
+        faces = torch.from_numpy(np.stack(crops))
+        probabilities = iter(ensemble.predict_proba(faces, tta).tolist())
+        names = ensemble.class_names
+        for result in results:
+            for face in result.faces:
+                face.probabilities = dict(zip(names, next(probabilities), strict=True))
+                face.label = max(face.probabilities, key=face.probabilities.get)
+        return results
 
 
 def annotate(bgr: np.ndarray, faces: list[Face]) -> np.ndarray:
@@ -214,50 +243,69 @@ def annotated_path(out_dir: Path, source: Path, taken: set[Path]) -> Path:
     return path
 
 
-def predict(
+def read_faces(path: Path, detector: FaceDetector | None) -> tuple[ImageResult, list[np.ndarray]]:
+    """One image's result (faces not yet classified, or its error) and its faces' 48x48 crops."""
+    try:
+        gray = cv2.cvtColor(read_image(path), cv2.COLOR_BGR2GRAY)
+    except ImageReadError as err:
+        return ImageResult(str(path), error=str(err)), []
+    faces, crops = find_faces(gray, detector)
+    return ImageResult(str(path), faces), crops
+
+
+def predict_stream(
     paths: Sequence[str],
     ensemble: Ensemble,
     detect: bool = True,
     tta: str = "none",
     annotate_dir: Path | None = None,
     progress: bool = True,
-) -> list[ImageResult]:
-    """Detect, crop and classify the faces in every image (files, or folders of them)."""
+) -> Iterator[ImageResult]:
+    """Detect, crop and classify the faces in every image (files, or folders of them), yielding each
+    image's result in input order as soon as its batch is classified (see PendingBatch), with a progress
+    bar over the images on stderr."""
     files = collect_images(paths)
     detector = FaceDetector() if detect else None
-    results: list[ImageResult] = []
-    crops: list[np.ndarray] = []
-    for path in tqdm(
-        files, desc="detect", unit="image", disable=not progress or len(files) < 2, file=sys.stderr
-    ):
-        try:
-            gray = cv2.cvtColor(read_image(path), cv2.COLOR_BGR2GRAY)
-        except ImageReadError as err:
-            results.append(ImageResult(str(path), error=str(err)))
-            continue
-        faces, face_crops = find_faces(gray, detector)
-        results.append(ImageResult(str(path), faces))
-        crops += face_crops
-    probabilities = iter(classify(ensemble, crops, tta, progress).tolist())
-    names = ensemble.class_names
-    for result in results:
-        for face in result.faces:
-            face.probabilities = dict(zip(names, next(probabilities), strict=True))
-            face.label = max(face.probabilities, key=face.probabilities.get)
-    if annotate_dir is not None:
-        try:
-            write_annotated(annotate_dir, files, results)
-        except OSError as err:
-            raise PredictInputError(
-                f"cannot write {err.filename or annotate_dir}: {err.strerror or err}"
-            ) from err
+    annotator = Annotator(annotate_dir) if annotate_dir is not None else None
+    pending = PendingBatch()
+    bar = tqdm(files, desc="predict", unit="image", disable=not progress or len(files) < 2, file=sys.stderr)
+    with bar:
+        for path in bar:
+            pending.add(*read_faces(path, detector))
+            if pending.ready():
+                yield from _finished(pending.classify(ensemble, tta), annotator)
+        yield from _finished(pending.classify(ensemble, tta), annotator)
+
+
+def _finished(results: list[ImageResult], annotator: Annotator | None) -> list[ImageResult]:
+    if annotator is not None:
+        for result in results:
+            annotator.write(result)
     return results
 
 
-def write_annotated(out_dir: Path, files: Sequence[Path], results: Sequence[ImageResult]) -> None:
-    """Each readable image with its faces boxed and labelled, as OUT_DIR/<name>_annotated.png."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    taken: set[Path] = set()
-    for path, result in zip(files, results, strict=True):
-        if result.error is None:  # decoded again, one at a time: images are not kept in memory
-            write_image_atomic(annotated_path(out_dir, path, taken), annotate(read_image(path), result.faces))
+class Annotator:
+    """Writes each readable image with its faces boxed and labelled as OUT_DIR/<name>_annotated.png."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.taken: set[Path] = set()
+        self._guard(lambda: out_dir.mkdir(parents=True, exist_ok=True))  # fails before any work is done
+
+    def write(self, result: ImageResult) -> None:
+        if result.error is not None:
+            return
+        path = Path(result.path)  # decoded again: images are not kept in memory
+        self._guard(
+            lambda: write_image_atomic(
+                annotated_path(self.out_dir, path, self.taken), annotate(read_image(path), result.faces)
+            )
+        )
+
+    def _guard(self, write) -> None:
+        try:
+            write()
+        except OSError as err:
+            raise PredictInputError(
+                f"cannot write {err.filename or self.out_dir}: {err.strerror or err}"
+            ) from err
