@@ -315,7 +315,7 @@ def test_previous_architecture_exports_load_with_their_structure(tmp_path) -> No
 
     from emotionnet.data.preprocessing import Preprocessing
     from emotionnet.inference.export import DESCRIPTION_NAME, load_export, save_export
-    from emotionnet.model.emotionnet import LEGACY_DEFAULTS
+    from emotionnet.model.pretrained import LEGACY_DEFAULTS
 
     torch.manual_seed(3)
     old = EmotionNet(ModelConfig(output_stride=16, **LEGACY_DEFAULTS)).eval()

@@ -14,22 +14,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from data_prep.schema import CLASS_NAMES
 from emotionnet.config.loader import ConfigError, build
 from emotionnet.data.preprocessing import Preprocessing
-from emotionnet.errors import UserError
-from emotionnet.model.emotionnet import LEGACY_DEFAULTS, EmotionNet, ModelConfig
-
-WEIGHTS_NAME = "model.safetensors"
-DESCRIPTION_NAME = "emotionnet.json"
-EXPORT_FORMAT_VERSION = 1
-
-
-class ExportError(UserError):
-    """A model export that is missing, unreadable or does not fit together; the message names the file."""
+from emotionnet.model.emotionnet import EmotionNet, ModelConfig
+from emotionnet.model.pretrained import (  # the file names and error are the model layer's (from_pretrained)
+    DESCRIPTION_NAME,
+    EXPORT_FORMAT_VERSION,
+    WEIGHTS_NAME,
+    ExportError,
+    load_checked,
+    read_description_values,
+)
 
 
 @dataclass
@@ -95,25 +93,11 @@ def replace_directory(staged: Path, directory: Path) -> Path:
 
 def read_description(directory: str | Path) -> ExportDescription:
     """The export's description; ExportError naming the file when it is missing or does not fit."""
-    path = Path(directory) / DESCRIPTION_NAME
-    if not path.is_file():
-        raise ExportError(f"{directory} is not an EmotionNet model export (no {DESCRIPTION_NAME})")
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ExportError(f"{path}: {err}") from err
-    version = values.get("format_version") if isinstance(values, dict) else None
-    if version != EXPORT_FORMAT_VERSION:
-        raise ExportError(
-            f"{path}: export format version {version!r}, but this EmotionNet reads version "
-            f"{EXPORT_FORMAT_VERSION} (re-export the model with a matching EmotionNet)"
-        )
-    if isinstance(values.get("model"), dict):  # fields it predates mean the architecture it had
-        values["model"] = {**LEGACY_DEFAULTS, **values["model"]}
+    values = read_description_values(directory)
     try:
         return build(ExportDescription, values)
     except ConfigError as err:
-        raise ExportError(f"{path}: {err}") from err
+        raise ExportError(f"{Path(directory) / DESCRIPTION_NAME}: {err}") from err
 
 
 def load_export(
@@ -121,21 +105,8 @@ def load_export(
 ) -> tuple[EmotionNet, ExportDescription]:
     """The exported model in eval mode (float32) and its description.
 
-    ExportError (naming the file) for a description or weights that cannot be read or do not fit."""
+    ExportError (naming the file) for a description or weights that cannot be read or do not fit; a
+    description the weights header does not confirm is refused before the model is built."""
     description = read_description(directory)
-    weights = Path(directory) / WEIGHTS_NAME
-    model = EmotionNet(description.model)  # the description was checked: it builds
-    try:
-        state = load_file(weights)
-    except FileNotFoundError as err:
-        raise ExportError(f"{weights}: no such file (an incomplete export)") from err
-    except (SafetensorError, OSError) as err:  # truncated, empty or not a safetensors file at all
-        raise ExportError(f"{weights}: not a readable safetensors file ({err})") from err
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError as err:  # the first line only says "Error(s) in loading state_dict": show the next
-        details = str(err).splitlines()[1:] or [str(err)]
-        raise ExportError(
-            f"{weights} does not fit the model in {DESCRIPTION_NAME} ({details[0].strip()[:200]})"
-        ) from err
-    return model.to(device).eval(), description
+    model = load_checked(lambda: EmotionNet(description.model), Path(directory) / WEIGHTS_NAME)
+    return model.to(device), description

@@ -6,6 +6,7 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,6 +15,13 @@ from emotionnet.model.attention import ChannelAttention, SpatialSelfAttention
 from emotionnet.model.backbone import STAGE_CHANNELS, Backbone, check_backbone, feature_map_size
 from emotionnet.model.encoder import READOUTS, TransformerEncoder
 from emotionnet.model.head import ClassifierHead
+from emotionnet.model.pretrained import (
+    DESCRIPTION_NAME,
+    WEIGHTS_NAME,
+    ExportError,
+    load_checked,
+    read_description_values,
+)
 
 
 @dataclass
@@ -89,11 +97,6 @@ class ModelConfig:
             raise ValueError(f"model.heads ({self.heads}) must divide model.d_model ({self.d_model})")
 
 
-# What an export description written before a field existed means: the architecture it was trained
-# with (stem stride reduction, no LayerScale gains, class-token readout). New exports name every field.
-LEGACY_DEFAULTS = {"stride_reduction": "stem", "layer_scale": None, "readout": "cls"}
-
-
 class EmotionNet(nn.Module):
     """Facial emotion classifier: (B, 1, input_size, input_size) normalized faces -> (B, num_classes) logits.
 
@@ -155,6 +158,20 @@ class EmotionNet(nn.Module):
             self.encoder = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
             features = channels
         self.head = ClassifierHead(features, config.head_hidden, config.head_dropout, config.num_classes)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> EmotionNet:
+        """An export (a run's `best/` or `final/`, the bundled model) in eval mode, float32:
+        `EmotionNet.from_pretrained("models/emotionnet-fer2013")`. Inputs are preprocessed faces; the
+        preprocessing and class names are in the export's emotionnet.json (`load_export` returns them).
+
+        ExportError (naming the file) for a description or weights that cannot be read or do not fit."""
+        values = read_description_values(directory)["model"]
+        try:
+            config = ModelConfig(**values)
+        except (TypeError, ValueError) as err:  # an unknown key, a wrong type or value
+            raise ExportError(f"{Path(directory) / DESCRIPTION_NAME}: {err}") from err
+        return load_checked(lambda: cls(config), Path(directory) / WEIGHTS_NAME).to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.backbone(x)
