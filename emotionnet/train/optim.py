@@ -56,6 +56,40 @@ def create_optimizer(
     )
 
 
+class SkippedSteps:
+    """Optimizer steps skipped on an fp16 overflow, counted on the device (no host sync per step).
+
+    Accelerate reports a skip when the grad scaler did not call `optimizer.step`; a fused optimizer is always
+    called (it skips inside its kernel when the scaler found Inf/NaN), so no skip would ever be counted. The
+    scaler lowers its scale only after such a step: compare the scale across the step. Without a scaler
+    (DeepSpeed's fp16 keeps its own) the optimizer's report is counted.
+    """
+
+    def __init__(self, scaler: torch.amp.GradScaler | None, device: torch.device) -> None:
+        self.scaler = scaler
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+        self._scale_before: torch.Tensor | None = None
+
+    def before_step(self) -> None:
+        # `_scale`, not `get_scale()`: the latter reads the scale back to the host.
+        if self.scaler is not None and self.scaler._scale is not None:
+            self._scale_before = self.scaler._scale.clone()
+
+    def after_step(self, step_was_skipped: bool) -> None:
+        """`step_was_skipped`: the optimizer's own report, used when there is no scaler."""
+        if self._scale_before is not None:
+            self.count += self.scaler._scale < self._scale_before
+            self._scale_before = None
+        elif step_was_skipped:
+            self.count += 1
+
+    def take(self) -> int:
+        """The skips since the last call (a host sync: at sync points only)."""
+        taken = int(self.count.item())
+        self.count.zero_()
+        return taken
+
+
 class LRSchedule:
     """The learning-rate multiplier at optimizer step `step` (a LambdaLR function).
 

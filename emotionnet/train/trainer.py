@@ -35,7 +35,7 @@ from emotionnet.train.control import RunControl
 from emotionnet.train.environment import describe_environment
 from emotionnet.train.loss_window import LossWindow
 from emotionnet.train.metrics_log import MetricsLog
-from emotionnet.train.optim import snapshot_steps
+from emotionnet.train.optim import SkippedSteps, snapshot_steps
 from emotionnet.train.progress import TrainerProgress
 from emotionnet.train.recorder import RunRecorder
 
@@ -67,6 +67,7 @@ class Trainer:
             self.sample_log.path.parent.mkdir(parents=True, exist_ok=True)
 
         self.parts = build_components(cfg, accelerator)
+        self.skips = SkippedSteps(accelerator.scaler, accelerator.device)
         # What this launch made of the configuration (environment.jsonl, MLflow params).
         self.resolved = {
             "optim.resolved_lr": str(self.parts.lr),
@@ -178,11 +179,11 @@ class Trainer:
             acc.backward(loss)
             if acc.sync_gradients:
                 grad_norm = self._clip_gradients()
+                self.skips.before_step()
             parts.optimizer.step()
             parts.optimizer.zero_grad(set_to_none=True)
             if acc.sync_gradients:
-                if acc.optimizer_step_was_skipped:
-                    self.progress.skipped_steps += 1
+                self.skips.after_step(acc.optimizer_step_was_skipped)
                 parts.scheduler.step()
                 if parts.ema is not None:
                     parts.ema.update()
@@ -257,6 +258,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> Path:
         self.control.record_budget()
+        self.progress.skipped_steps += self.skips.take()
         return self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
 
     def _preempt(self) -> ExitCode:
@@ -294,6 +296,7 @@ class Trainer:
         record = {"train/loss": loss, "train/lr": lr, "train/images_per_s": images_per_s}
         if window.grad_norm is not None:
             record["train/grad_norm"] = float(window.grad_norm)
+        self.progress.skipped_steps += self.skips.take()
         if self.accelerator.mixed_precision == "fp16":
             record["train/skipped_steps"] = self.progress.skipped_steps
         self.recorder.log(record, split="train")
