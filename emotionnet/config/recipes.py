@@ -25,6 +25,8 @@ def resolve_recipe(spec: str) -> Path:
         return path
     if path.suffix not in (".yaml", ".yml") and (RECIPES_DIR / f"{spec}.yaml").is_file():
         return RECIPES_DIR / f"{spec}.yaml"
+    if path.exists():
+        return path  # a directory or a device: reading it says which
     raise loader.ConfigError(
         f"--config {spec}: no such file, and no recipe of that name (recipes: {', '.join(recipe_names())})"
     )

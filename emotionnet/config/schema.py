@@ -6,10 +6,11 @@ Files live in configs/train/*.yaml; any field can be overridden on the command l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from emotionnet.data.loaders import DataConfig, check_at_least
+from emotionnet.data.loaders import DataConfig, check_at_least, check_within_machine
 from emotionnet.data.transforms import AugmentConfig, TTAMode
 from emotionnet.model.emotionnet import ModelConfig
 from emotionnet.run_layout import run_name_problem
@@ -45,6 +46,15 @@ class OptimConfig:
         check_at_least("optim", self, 1, ("grad_accum_steps", "reference_batch"))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"optim.ema_decay must be in [0, 1) (0 turns it off), got {self.ema_decay}")
+        # What the optimizers would refuse (or train on to NaN), refused before a run directory exists.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"optim.lr must be a finite number > 0, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("weight_decay", "eps", "momentum", "grad_clip"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"optim.{name} must be a finite number >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -149,6 +159,7 @@ class RunConfig:
         check_at_least(
             "run", self, 1, ("num_epochs", "max_steps", "log_every_steps", "dist_timeout_s", "num_threads")
         )
+        check_within_machine("run", self, ("num_threads",))
         if self.run_name is not None and (problem := run_name_problem(self.run_name)):
             raise ValueError(f"run.run_name: {problem}")
         if self.time_budget_min is not None and self.time_budget_min <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_at_least("data", self, 1, ("batch_size", "eval_batch_size", "prefetch_factor"))
         check_at_least("data", self, 0, ("num_workers",))
+        check_within_machine("data", self, ("num_workers",))
 
 
 def check_at_least(section: str, config: object, minimum: int, names: Sequence[str]) -> None:
@@ -40,6 +42,31 @@ def check_at_least(section: str, config: object, minimum: int, names: Sequence[s
         value = getattr(config, name)
         if value is not None and value < minimum:
             raise ValueError(f"{section}.{name} must be at least {minimum}, got {value}")
+
+
+# Loader worker processes or CPU threads per usable CPU beyond which a setting is a mistake (1000 workers
+# fork 1000 processes); a few per CPU still hide I/O waits.
+PER_CPU_LIMIT = 4
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (a SLURM allocation, a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # macOS and Windows have no affinity mask
+
+
+def check_within_machine(section: str, config: object, names: Sequence[str]) -> None:
+    """Refuse a count of processes or threads over PER_CPU_LIMIT per usable CPU at config load (ValueError
+    naming `section.name`); None is unset."""
+    cpus = usable_cpus()
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value > PER_CPU_LIMIT * cpus:
+            raise ValueError(
+                f"{section}.{name}={value} is more than this machine can run: at most {PER_CPU_LIMIT * cpus} "
+                f"({PER_CPU_LIMIT} per CPU, {cpus} CPU{'s' * (cpus != 1)} usable here)"
+            )
 
 
 class DatasetNotPreparedError(UserError):
