@@ -30,6 +30,7 @@ from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.inference.ensemble import (
     DEFAULT_MODEL_ENV,
     FORWARD_BATCH,
+    RUNTIMES,
     Ensemble,
     pick_device,
 )
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mlflow-run-id", metavar="ID", help="also log metrics and artifacts to this run")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="torch, or onnx: MODEL/model.onnx (written by emotionnet-export) run by ONNX Runtime on the CPU",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     return parser
 
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> tuple[dict, EvalResult, tuple[str, ...]]:
     if args.mlflow_run_id:
         short_http_retries(TrackingConfig())  # a dead server: seconds, not MLflow's minutes of retries
     logger = MlflowRunLogger(args.mlflow_run_id) if args.mlflow_run_id else None
-    ensemble = Ensemble.load(model_specs, pick_device(args.device))
+    ensemble = Ensemble.load(model_specs, pick_device(args.device), runtime=args.runtime)
     with tempfile.TemporaryDirectory(prefix="emotionnet-eval-") as workdir:  # a CSV's prepared copy
         dataset = open_data(data, args.split, Path(workdir), progress)
         outcome = evaluate(ensemble, dataset.rows, args.tta, args.batch_size, progress)
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> tuple[dict, EvalResult, tuple[str, ...]]:
         "data": dataset.source,
         "split": dataset.label,
         "tta": args.tta,
+        "runtime": args.runtime,
     }
     png = Path(args.confusion_png or f"confusion_matrix_{dataset.label}.png")
     title = f"{Path(data).name} ({dataset.label}, n={outcome.report.n}), {len(ensemble.members)} model(s)"

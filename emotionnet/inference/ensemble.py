@@ -20,6 +20,7 @@ from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import TTAMode, tta_views
 from emotionnet.errors import UserError
 from emotionnet.inference.export import DESCRIPTION_NAME, WEIGHTS_NAME, ExportError, load_export
+from emotionnet.inference.onnx_export import load_onnx
 from emotionnet.inference.optimize import InferenceModel
 from emotionnet.run_layout import EXPORTS
 
@@ -31,6 +32,7 @@ MLFLOW_URI_SCHEMES = ("runs:/", "models:/")
 # overhead, and from 512 on the activations no longer stay in cache (1,150 faces/s at 1,024 per pass, 1,970
 # at 128; docs/benchmarks.md, "Inference levers (CPU)").
 FORWARD_BATCH = 128
+RUNTIMES = ("torch", "onnx")  # onnx: the export's model.onnx run by ONNX Runtime (emotionnet-export)
 
 
 class ModelLoadError(UserError):
@@ -46,7 +48,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        parameter = next(self.model.parameters(), None)  # an ONNX Runtime model has none: it runs on the CPU
+        return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def default_model_dir() -> Path:
@@ -71,13 +74,16 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def load_model(spec: str, device: torch.device, optimize: bool = True) -> LoadedModel:
+def load_model(spec: str, device: torch.device, optimize: bool = True, runtime: str = "torch") -> LoadedModel:
     """An export directory (`best/`, `final/`, the bundled model) or an MLflow model URI.
 
     optimize: made ready for inference only (optimize.InferenceModel); False keeps the model as exported.
+    runtime "onnx": the export's model.onnx run by ONNX Runtime on the CPU (device and optimize unused).
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if spec.startswith(MLFLOW_URI_SCHEMES):
-        return _load_mlflow_model(spec, device, optimize)
+        return _load_mlflow_model(spec, device, optimize, runtime)
     path = Path(spec)
     if not path.exists():
         raise ModelLoadError(f"{spec}: no such model directory (nor a runs:/ or models:/ MLflow URI)")
@@ -85,10 +91,14 @@ def load_model(spec: str, device: torch.device, optimize: bool = True) -> Loaded
         exports = [name for name in EXPORTS if (path / name / DESCRIPTION_NAME).is_file()]
         hint = f"; pass {path / exports[0]} instead" if exports else ""
         raise ModelLoadError(f"{spec} is not an EmotionNet model export (no {DESCRIPTION_NAME}){hint}")
-    return _load_export_dir(path, device, spec, optimize)
+    return _load_export_dir(path, device, spec, optimize, runtime)
 
 
-def _load_export_dir(path: Path, device: torch.device, source: str, optimize: bool) -> LoadedModel:
+def _load_export_dir(
+    path: Path, device: torch.device, source: str, optimize: bool, runtime: str
+) -> LoadedModel:
+    if runtime == "onnx":
+        return LoadedModel(*load_onnx(path), source)
     try:
         model, description = load_export(path, device)
     except ExportError as err:  # a bad description, or weights that do not fit it
@@ -101,7 +111,7 @@ def _load_export_dir(path: Path, device: torch.device, source: str, optimize: bo
     )
 
 
-def _load_mlflow_model(uri: str, device: torch.device, optimize: bool) -> LoadedModel:
+def _load_mlflow_model(uri: str, device: torch.device, optimize: bool, runtime: str) -> LoadedModel:
     """An MLflow model logged by EmotionNet (see emotionnet/tracking/pyfunc_model.py): its export
     artifact is downloaded and read with the export loader. Nothing the registry holds is unpickled or
     run, so a model logged in another format (e.g. a pickled torch module) is refused."""
@@ -121,7 +131,7 @@ def _load_mlflow_model(uri: str, device: torch.device, optimize: bool) -> Loaded
                 f"{uri} is not an EmotionNet MLflow model (it holds no export with {WEIGHTS_NAME} and "
                 f"{DESCRIPTION_NAME}; models logged as pickles by older EmotionNet versions are not loaded)"
             )
-        return _load_export_dir(exports[0], device, uri, optimize)
+        return _load_export_dir(exports[0], device, uri, optimize, runtime)
 
 
 def _first_line(err: BaseException) -> str:
@@ -160,9 +170,11 @@ class Ensemble:
         self.class_names = members[0].class_names
 
     @classmethod
-    def load(cls, specs: Sequence[str], device: torch.device, optimize: bool = True) -> Ensemble:
-        """The given models (or the default one); optimize: see load_model."""
-        return cls([load_model(spec, device, optimize) for spec in resolve_model_specs(specs)])
+    def load(
+        cls, specs: Sequence[str], device: torch.device, optimize: bool = True, runtime: str = "torch"
+    ) -> Ensemble:
+        """The given models (or the default one); optimize and runtime: see load_model."""
+        return cls([load_model(spec, device, optimize, runtime) for spec in resolve_model_specs(specs)])
 
     @property
     def sources(self) -> list[str]:
