@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -15,6 +16,7 @@ from emotionnet import EmotionNet, ModelConfig
 from emotionnet.assets import BUNDLED_MODEL
 from emotionnet.cli.eval import main as eval_main
 from emotionnet.cli.export import main as export_main
+from emotionnet.cli.predict import main as predict_main
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.exit_codes import ExitCode
 from emotionnet.inference.export import load_export, save_export
@@ -101,3 +103,17 @@ def test_export_of_a_folder_that_is_not_a_model_is_one_line_exit_2(tmp_path, cap
     assert export_main([str(tmp_path), "--format", "onnx"]) == ExitCode.BAD_INPUT
     assert "is not an EmotionNet model export" in capsys.readouterr().err
     assert not (tmp_path / ONNX_NAME).exists()
+
+
+def test_predict_with_the_onnx_runtime_gives_the_probabilities_of_torch(tiny, tmp_path, capsys) -> None:
+    assert export_main([str(tiny), "--format", "onnx"]) == ExitCode.OK
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), synthetic_faces(1)[0].numpy())
+    capsys.readouterr()
+    probabilities = {}
+    for runtime in ("torch", "onnx"):
+        args = ["--model", str(tiny), str(face), "--json", "--no-progress", "--runtime", runtime]
+        assert predict_main(args) == ExitCode.OK
+        (image,) = json.loads(capsys.readouterr().out)["images"]
+        probabilities[runtime] = list(image["faces"][0]["probabilities"].values())
+    assert np.allclose(probabilities["onnx"], probabilities["torch"], atol=1e-5)

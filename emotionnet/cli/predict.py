@@ -17,7 +17,7 @@ from emotionnet.cli import report_user_error
 from emotionnet.data.transforms import TTA_MODES
 from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode, command_parser
-from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, pick_device
+from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, RUNTIMES, Ensemble, pick_device
 from emotionnet.inference.predict import ImageResult, predict_stream
 
 PROG = "emotionnet-predict"
@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-detect", action="store_true", help="classify each whole image as one face")
     parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="torch, or onnx: MODEL/model.onnx (written by emotionnet-export) run by ONNX Runtime on the CPU",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     return parser
 
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     images: list[dict] = []  # --json: printed at the end, as one object
     failed = False
     try:
-        ensemble = Ensemble.load(args.model, pick_device(args.device))
+        ensemble = Ensemble.load(args.model, pick_device(args.device), runtime=args.runtime)
         for result in predict_stream(
             args.paths, ensemble, not args.no_detect, args.tta, args.annotate, not args.no_progress
         ):
