@@ -17,10 +17,13 @@ from emotionnet.assets import BUNDLED_MODEL
 from emotionnet.cli.eval import main as eval_main
 from emotionnet.cli.export import main as export_main
 from emotionnet.cli.predict import main as predict_main
+from emotionnet.config.schema import TrackingConfig
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.exit_codes import ExitCode
+from emotionnet.inference.ensemble import Ensemble, load_model
 from emotionnet.inference.export import load_export, save_export
 from emotionnet.inference.onnx_export import ONNX_NAME, OnnxModel, synthetic_faces
+from emotionnet.tracking.mlflow_tracker import log_best_model
 
 torch.set_num_threads(2)
 TINY = ModelConfig(backbone_stages=3, d_model=16, depth=1, heads=2, spatial_heads=2, head_hidden=16)
@@ -117,3 +120,17 @@ def test_predict_with_the_onnx_runtime_gives_the_probabilities_of_torch(tiny, tm
         (image,) = json.loads(capsys.readouterr().out)["images"]
         probabilities[runtime] = list(image["faces"][0]["probabilities"].values())
     assert np.allclose(probabilities["onnx"], probabilities["torch"], atol=1e-5)
+
+
+def test_the_mlflow_model_carries_the_onnx_file(tiny, tmp_path, monkeypatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("onnx", (tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        log_best_model(tiny, TrackingConfig(), step=1)
+    assert not (tiny / ONNX_NAME).exists()  # the export is logged with it, not changed
+    onnx_member = load_model(f"runs:/{run.info.run_id}/model", torch.device("cpu"), runtime="onnx")
+    faces = synthetic_faces(8)
+    expected = Ensemble.load([str(tiny)], torch.device("cpu")).predict_proba(faces)
+    assert torch.allclose(Ensemble([onnx_member]).predict_proba(faces), expected, atol=1e-5)

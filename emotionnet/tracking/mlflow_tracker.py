@@ -40,10 +40,13 @@ import contextlib
 import fcntl
 import functools
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -66,6 +69,7 @@ from emotionnet.evaluation.reports import CURVES_NAME
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.exit_codes import ExitCode
 from emotionnet.inference.ensemble import Ensemble, load_model
+from emotionnet.inference.onnx_export import ONNX_NAME, OnnxError, export_onnx
 from emotionnet.run_layout import REPORTS, RunLayout
 from emotionnet.tracking.redact import error_summary, redact_mlflow_logs, redact_text, redact_tree
 from emotionnet.train.callbacks import TrainerCallback, TrainerView
@@ -301,28 +305,44 @@ def log_best_model(export_dir: Path, cfg: TrackingConfig, step: int, example_fac
         example_faces = np.zeros((2, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     loaded = load_model(str(export_dir), torch.device("cpu"))
     probabilities = Ensemble([loaded]).predict_proba(torch.from_numpy(example_faces)).numpy()
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_NAME,
-        python_model=str(MODEL_CODE),  # models from code: nothing is pickled
-        artifacts={EXPORT_ARTIFACT: str(export_dir)},
-        signature=infer_signature(
-            example_faces, pd.DataFrame(probabilities, columns=list(loaded.class_names))
-        ),
-        input_example=example_faces,
-        pip_requirements=[
-            f"{package}=={importlib.metadata.version(package)}"
-            for package in ("torch", "torchvision", "numpy", "pandas", "safetensors", "mlflow")
-        ],
-        registered_model_name=cfg.registered_model_name,
-        metadata={"emotionnet_export": export_dir.name, "class_names": list(loaded.class_names)},
-        step=step,
-    )
+    with tempfile.TemporaryDirectory(prefix="emotionnet-mlflow-model-") as staging:
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(MODEL_CODE),  # models from code: nothing is pickled
+            artifacts={EXPORT_ARTIFACT: str(with_onnx(export_dir, Path(staging)))},
+            signature=infer_signature(
+                example_faces, pd.DataFrame(probabilities, columns=list(loaded.class_names))
+            ),
+            input_example=example_faces,
+            pip_requirements=[
+                f"{package}=={importlib.metadata.version(package)}"
+                for package in ("torch", "torchvision", "numpy", "pandas", "safetensors", "mlflow")
+            ],
+            registered_model_name=cfg.registered_model_name,
+            metadata={"emotionnet_export": export_dir.name, "class_names": list(loaded.class_names)},
+            step=step,
+        )
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)
     if cfg.registered_model_alias and info.registered_model_version is not None:
         mlflow.MlflowClient().set_registered_model_alias(
             cfg.registered_model_name, cfg.registered_model_alias, info.registered_model_version
         )
     return info
+
+
+def with_onnx(export_dir: Path, staging: Path) -> Path:
+    """The export to log: `export_dir` when it has its model.onnx or the onnx extra is not installed,
+    else a copy in `staging` with the ONNX file added (`best/` itself is left as training wrote it)."""
+    if (export_dir / ONNX_NAME).is_file() or not all(
+        importlib.util.find_spec(module) for module in ("onnx", "onnxruntime")
+    ):
+        return export_dir
+    copy = shutil.copytree(export_dir, staging / export_dir.name)
+    try:
+        export_onnx(copy)
+    except OnnxError as err:  # the model is logged all the same, without its ONNX file
+        log.warning("the MLflow model carries no %s: %s", ONNX_NAME, err)
+    return copy
 
 
 def error_line(error: BaseException) -> str:
