@@ -1,9 +1,11 @@
 """`emotionnet-predict`: a face found in a real photo, 48x48 crops without detection, no-face images,
-annotated output, bad paths, and results streamed while inputs remain."""
+annotated output, bad paths, results streamed while inputs remain, and videos."""
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from data_prep.synth import render_faces
 from emotionnet.assets import BUNDLED_MODEL
 from emotionnet.cli.predict import main
 from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, FORWARD_BATCH, Ensemble
-from emotionnet.inference.predict import predict_stream
+from emotionnet.inference.predict import FaceDetector, predict_stream
 from tests.conftest import REPO_ROOT
 from tests.test_evaluate import make_export, one_torch_thread  # noqa: F401 (an autouse fixture)
 
@@ -197,3 +199,99 @@ def test_cli_prints_json_lines_while_inputs_remain_with_a_progress_bar(capsys, t
     assert "predict: 100%" in err  # the progress bar, on stderr
     # line for line what --json gives for the files that remain
     assert lines[:-1] == predict_json(capsys, "--model", model, crops_folder)["images"]
+
+
+# ---- videos --------------------------------------------------------------------------------------
+
+
+CLIP_FPS, CLIP_FRAMES, FACE_FRAMES = 10, 30, 20  # 3 s: a face in the first 2 s, then an empty background
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    """A 3 s MJPG clip of synthetic faces (each held 5 frames) enlarged on a gray background, then none."""
+    detector = FaceDetector()
+
+    def frame(face: np.ndarray | None) -> np.ndarray:
+        canvas = np.full((240, 320), 128, np.uint8)
+        if face is not None:
+            canvas[24:216, 64:256] = cv2.resize(face, (192, 192), interpolation=cv2.INTER_CUBIC)
+        return cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)
+
+    # Not every drawn face looks like one to the Haar cascade: keep four that do.
+    faces = render_faces(np.arange(21) % len(CLASS_NAMES), np.random.default_rng(0))
+    found = [f for f in faces if len(detector.detect(cv2.cvtColor(frame(f), cv2.COLOR_BGR2GRAY))) == 1]
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), CLIP_FPS, (320, 240))
+    for i in range(CLIP_FRAMES):
+        writer.write(frame(found[i // 5] if i < FACE_FRAMES else None))
+    writer.release()
+    return path
+
+
+def green_pixels(bgr: np.ndarray) -> int:
+    """Pixels of the annotation's pure green boxes and labels (the clip itself is gray)."""
+    return int(((bgr[..., 1] > 200) & (bgr[..., 0] < 60) & (bgr[..., 2] < 60)).sum())
+
+
+def test_video_gives_a_row_per_sampled_frame_a_plot_and_an_annotated_copy(capsys, tmp_path, model, clip):
+    out, annotated = tmp_path / "out", tmp_path / "annotated"
+    argv = ["--model", str(model), str(clip), "--jsonl", "--no-progress", "--fps", "2", "--out", str(out)]
+    assert main([*argv, "--annotate", str(annotated)]) == 0
+    *frames, summary = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # 2 of the clip's 10 frames a second; faces in the first 2 s only
+    sampled = [(f["frame"], f["time_s"], len(f["faces"])) for f in frames]
+    assert sampled == [(0, 0.0, 1), (5, 0.5, 1), (10, 1.0, 1), (15, 1.5, 1), (20, 2.0, 0), (25, 2.5, 0)]
+    table, plot, video = out / "clip_frames.csv", out / "clip_emotions.png", annotated / "clip_annotated.mp4"
+    assert summary == {
+        "path": str(clip), "sampled_frames": 6, "frames_with_faces": 4,
+        "files": [str(table), str(plot), str(video)], "error": None,
+    }  # fmt: skip
+
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["frame"]), float(r["time_s"]), r["face"]) for r in rows] == [
+        (0, 0.0, "1"), (5, 0.5, "1"), (10, 1.0, "1"), (15, 1.5, "1"), (20, 2.0, ""), (25, 2.5, ""),
+    ]  # fmt: skip
+    for row, result in zip(rows, frames[:4], strict=False):
+        (face,) = result["faces"]
+        assert row["label"] == face["label"] and [int(row[k]) for k in "xywh"] == face["box"]
+        assert [float(row[name]) for name in CLASS_NAMES] == pytest.approx(
+            list(face["probabilities"].values()), abs=1e-6
+        )
+    assert cv2.imread(str(plot)).shape[1] > 600  # the emotions-over-time figure
+
+    capture = cv2.VideoCapture(str(video))
+    written = []
+    while (frame := capture.read())[0]:
+        written.append(frame[1])
+    assert len(written) == CLIP_FRAMES and written[0].shape == (240, 320, 3)
+    # boxes from each sampled frame on until the next: on every frame with a face, on none after
+    assert all(green_pixels(f) > 100 for f in written[:FACE_FRAMES])
+    assert all(green_pixels(f) == 0 for f in written[FACE_FRAMES:])
+
+
+def test_a_truncated_or_broken_video_is_a_per_file_error_while_a_photo_is_still_classified(
+    capsys, tmp_path, model, clip, photo
+):
+    truncated, broken = tmp_path / "truncated.avi", tmp_path / "broken.mp4"
+    truncated.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    broken.write_bytes(b"not a video " * 100)
+    argv = [str(truncated), str(broken), str(photo), "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(["--model", str(model), *argv]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    errors = [line for line in lines if ": error: " in line]
+    assert len(errors) == 2
+    assert re.fullmatch(
+        rf"{re.escape(str(truncated))}: error: the video ends after \d+ of the 30 frames its header gives "
+        r"\(truncated or corrupted\)",
+        errors[0],
+    )
+    assert (
+        errors[1]
+        == f"{broken}: error: not a video file that can be read (unknown format, truncated or corrupted)"
+    )
+    assert any(
+        line.startswith(f"{truncated} frame 0 (0.00 s): face 1 (x=") for line in lines
+    )  # before the cut
+    assert any(line.startswith(f"{photo}: face 1 (x=") for line in lines)  # the inputs after still classified

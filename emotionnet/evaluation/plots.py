@@ -1,4 +1,5 @@
-"""Figures for runs and evaluations: confusion matrix, misclassified faces, training curves.
+"""Figures for runs and evaluations: confusion matrix, misclassified faces, training curves, and a video's
+emotions over time.
 
 Every function returns a matplotlib Figure drawn on the Agg canvas. Figures are made without pyplot: no
 display, no GUI backend, no process-wide backend switch and no global figure registry to leak into (a
@@ -111,6 +112,27 @@ def training_curves(records: Sequence[dict]) -> Figure:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def emotions_over_time(
+    seconds: Sequence[float], probabilities: np.ndarray, class_names: Sequence[str], title: str = ""
+) -> Figure:
+    """Each class's probability (columns of `probabilities`, one row per sampled frame; NaN where the frame
+    has no face: a gap in the lines) against the frame's time."""
+    probabilities = np.asarray(probabilities, dtype=float).reshape(len(seconds), len(class_names))
+    fig = _figure(figsize=(9, 3.6))
+    ax = fig.subplots()
+    for k, name in enumerate(class_names):
+        ax.plot(seconds, probabilities[:, k], marker="o", markersize=2.5, label=name)
+    if not np.isfinite(probabilities).any():
+        ax.text(0.5, 0.5, "no face found", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title(title or "emotions over time")
     return fig
 
 

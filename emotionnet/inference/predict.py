@@ -1,4 +1,4 @@
-"""`emotionnet-predict PATH...`: find the faces in photos and classify each one's expression.
+"""`emotionnet-predict PATH...`: find the faces in photos and videos and classify each one's expression.
 
 Faces are found with OpenCV's bundled Haar cascade (no download), cropped with a small margin, turned
 into 48x48 grayscale like FER2013 and classified. A 48x48 image is taken to be a FER crop already and
@@ -12,7 +12,8 @@ full image; images are decoded one at a time and not kept.
 
 Results stream: `predict_stream` yields each image's result in input order as soon as its faces are
 classified, in batches of up to FORWARD_BATCH faces that wait at most STREAM_WAIT_S to fill, so the first
-results of a 10,000-image job come out within seconds, not at the end.
+results of a 10,000-image job come out within seconds, not at the end. Videos (video.py) are sampled a few
+frames a second; each sampled frame is classified like a photo.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ from data_prep.files import write_atomic
 from data_prep.schema import IMAGE_SIZE
 from emotionnet.errors import UserError
 from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble
+from emotionnet.inference.video import (
+    DEFAULT_FPS,
+    VIDEO_SUFFIXES,
+    VideoReadError,
+    is_video,
+    sampled_frames,
+    write_annotated_video,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 CASCADE_NAME = "haarcascade_frontalface_default.xml"
@@ -99,16 +108,22 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = 
     return cv2.resize(crop, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
 
 
-def collect_images(paths: Sequence[str]) -> list[Path]:
-    """The given files, and the image files under the given folders (sorted, recursive)."""
+def collect_inputs(paths: Sequence[str]) -> list[Path]:
+    """The given files, and the image and video files under the given folders (sorted, recursive)."""
     found: list[Path] = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not images:
-                raise PredictInputError(f"{text}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            found += images
+            inputs = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+            )
+            if not inputs:
+                raise PredictInputError(
+                    f"{text}: the folder holds no images or videos ({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})"
+                )
+            found += inputs
         elif path.is_file():
             found.append(path)
         else:
@@ -233,24 +248,37 @@ def write_image_atomic(path: Path, image: np.ndarray) -> None:
     write_atomic(path, encoded.tobytes())
 
 
-def annotated_path(out_dir: Path, source: Path, taken: set[Path]) -> Path:
-    """OUT_DIR/<name>_annotated.png, numbered when two inputs share a name."""
-    path, n = out_dir / f"{source.stem}_annotated.png", 1
+def unique_path(out_dir: Path, name: str, taken: set[Path]) -> Path:
+    """OUT_DIR/name, numbered (`<stem>_2<suffix>`, ...) when an earlier input already took it."""
+    path, n = out_dir / name, 1
     while path in taken:
         n += 1
-        path = out_dir / f"{source.stem}_annotated_{n}.png"
+        path = out_dir / f"{Path(name).stem}_{n}{Path(name).suffix}"
     taken.add(path)
     return path
 
 
-def read_faces(path: Path, detector: FaceDetector | None) -> tuple[ImageResult, list[np.ndarray]]:
-    """One image's result (faces not yet classified, or its error) and its faces' 48x48 crops."""
-    try:
-        gray = cv2.cvtColor(read_image(path), cv2.COLOR_BGR2GRAY)
-    except ImageReadError as err:
-        return ImageResult(str(path), error=str(err)), []
-    faces, crops = find_faces(gray, detector)
-    return ImageResult(str(path), faces), crops
+@dataclass
+class FrameResult(ImageResult):
+    """The faces of one sampled frame of a video."""
+
+    frame: int = 0  # index in the video, from 0
+    time_s: float = 0.0  # seconds from the video's start
+
+
+@dataclass
+class VideoResult:
+    """What a video came to, after its frames' results: how many frames were sampled, the files written for
+    it, or why it could not be read (to its end)."""
+
+    path: str
+    sampled_frames: int = 0
+    frames_with_faces: int = 0
+    files: list[str] = field(default_factory=list)  # per-frame table, plot, annotated video
+    error: str | None = None
+
+
+Result = ImageResult | FrameResult | VideoResult
 
 
 def predict_stream(
@@ -260,47 +288,103 @@ def predict_stream(
     tta: str = "none",
     annotate_dir: Path | None = None,
     progress: bool = True,
-) -> Iterator[ImageResult]:
-    """Detect, crop and classify the faces in every image (files, or folders of them), yielding each
-    image's result in input order as soon as its batch is classified (see PendingBatch), with a progress
-    bar over the images on stderr."""
-    files = collect_images(paths)
-    detector = FaceDetector() if detect else None
-    annotator = Annotator(annotate_dir) if annotate_dir is not None else None
-    pending = PendingBatch()
-    bar = tqdm(files, desc="predict", unit="image", disable=not progress or len(files) < 2, file=sys.stderr)
+    fps: float = DEFAULT_FPS,
+) -> Iterator[Result]:
+    """Detect, crop and classify the faces in every image and video (files, or folders of them), yielding
+    results in input order as soon as their batch is classified (see PendingBatch): an ImageResult per
+    image; a FrameResult per sampled frame of a video (`fps` a second), then its VideoResult. Progress bars
+    over the inputs, and over each video's frames, on stderr."""
+    files = collect_inputs(paths)
+    predictor = Predictor(ensemble, FaceDetector() if detect else None, tta, annotate_dir, progress)
+    bar = tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2, file=sys.stderr)
     with bar:
         for path in bar:
-            pending.add(*read_faces(path, detector))
-            if pending.ready():
-                yield from _finished(pending.classify(ensemble, tta), annotator)
-        yield from _finished(pending.classify(ensemble, tta), annotator)
+            yield from predictor.video(path, fps) if is_video(path) else predictor.image(path)
+        yield from predictor.flush()
 
 
-def _finished(results: list[ImageResult], annotator: Annotator | None) -> list[ImageResult]:
-    if annotator is not None:
-        for result in results:
-            annotator.write(result)
-    return results
+class Predictor:
+    """Finds faces input by input, classifies them in batches (PendingBatch) and annotates the results."""
+
+    def __init__(
+        self,
+        ensemble: Ensemble,
+        detector: FaceDetector | None,
+        tta: str,
+        annotate_dir: Path | None,
+        progress: bool,
+    ) -> None:
+        self.ensemble, self.detector, self.tta, self.progress = ensemble, detector, tta, progress
+        self.annotator = Annotator(annotate_dir) if annotate_dir is not None else None
+        self.pending = PendingBatch()
+
+    def image(self, path: Path) -> Iterator[ImageResult]:
+        try:
+            gray = cv2.cvtColor(read_image(path), cv2.COLOR_BGR2GRAY)
+        except ImageReadError as err:
+            result, crops = ImageResult(str(path), error=str(err)), []
+        else:
+            faces, crops = find_faces(gray, self.detector)
+            result = ImageResult(str(path), faces)
+        self.pending.add(result, crops)
+        if self.pending.ready():
+            yield from self.flush()
+
+    def video(self, path: Path, fps: float) -> Iterator[FrameResult | VideoResult]:
+        summary = VideoResult(str(path))
+        bar = tqdm(desc=path.name, unit="frame", leave=False, disable=not self.progress, file=sys.stderr)
+        try:
+            with bar:
+                for index, seconds, bgr, info in sampled_frames(path, fps, MAX_IMAGE_PIXELS):
+                    bar.total = info.frames or None
+                    bar.update(index + 1 - bar.n)
+                    faces, crops = find_faces(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), self.detector)
+                    self.pending.add(FrameResult(str(path), faces, frame=index, time_s=seconds), crops)
+                    summary.sampled_frames += 1
+                    summary.frames_with_faces += bool(faces)
+                    if self.pending.ready():
+                        yield from self.flush()
+        except VideoReadError as err:
+            summary.error = str(err)
+        yield from self.flush()  # the video's frames are all classified before its summary comes
+        if self.annotator is not None:
+            self.annotator.finish_video(summary)
+        yield summary
+
+    def flush(self) -> list[ImageResult]:
+        results = self.pending.classify(self.ensemble, self.tta)
+        if self.annotator is not None:
+            for result in results:
+                self.annotator.add(result)
+        return results
 
 
 class Annotator:
-    """Writes each readable image with its faces boxed and labelled as OUT_DIR/<name>_annotated.png."""
+    """Writes each readable image with its faces boxed and labelled as OUT_DIR/<name>_annotated.png, and
+    each video that could be read to its end as OUT_DIR/<name>_annotated.mp4."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self.taken: set[Path] = set()
+        self.video_faces: dict[int, list[Face]] = {}  # the current video's sampled frames
         self._guard(lambda: out_dir.mkdir(parents=True, exist_ok=True))  # fails before any work is done
 
-    def write(self, result: ImageResult) -> None:
-        if result.error is not None:
+    def add(self, result: ImageResult) -> None:
+        if isinstance(result, FrameResult):
+            self.video_faces[result.frame] = result.faces
+        elif result.error is None:
+            path = Path(result.path)  # decoded again: images are not kept in memory
+            out = unique_path(self.out_dir, f"{path.stem}_annotated.png", self.taken)
+            self._guard(lambda: write_image_atomic(out, annotate(read_image(path), result.faces)))
+
+    def finish_video(self, summary: VideoResult) -> None:
+        faces, self.video_faces = self.video_faces, {}
+        if summary.error is not None:
             return
-        path = Path(result.path)  # decoded again: images are not kept in memory
-        self._guard(
-            lambda: write_image_atomic(
-                annotated_path(self.out_dir, path, self.taken), annotate(read_image(path), result.faces)
-            )
-        )
+        source = Path(summary.path)  # read again, frame by frame: frames are not kept in memory
+        out = unique_path(self.out_dir, f"{source.stem}_annotated.mp4", self.taken)
+        self._guard(lambda: write_annotated_video(source, out, faces, annotate, MAX_IMAGE_PIXELS))
+        summary.files.append(str(out))
 
     def _guard(self, write) -> None:
         try:
