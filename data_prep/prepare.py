@@ -124,9 +124,12 @@ def _prepare(input_path: Path, output_dir: Path, options: PrepOptions) -> Manife
             rejects_file=REJECTS_NAME if rows_rejected else None,
             splits={
                 split: SplitStats(
-                    int(staged.class_counts[split].sum()), count, class_count_dict(staged.class_counts[split])
+                    int(staged.class_counts[split].sum()),
+                    len(files),
+                    class_count_dict(staged.class_counts[split]),
+                    files,
                 )
-                for split, count in shards.items()
+                for split, files in shards.items()
             },
             fingerprint=fingerprint[:16],
             wall_time_s=round(time.perf_counter() - started, 3),

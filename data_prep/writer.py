@@ -26,6 +26,8 @@ import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 from datasets.utils.py_utils import asdict
 
+from data_prep.files import file_sha256
+from data_prep.manifest import ShardFile
 from data_prep.records import BadRow, Chunk, PrepError
 from data_prep.schema import CLASS_NAMES, MANIFEST_NAME, NUM_CLASSES, NUM_PIXELS, SPLITS, features
 
@@ -114,19 +116,23 @@ class StagedDataset:
             self._writers[split].write_table(_to_table(chunk.images[rows], labels, chunk.row_ids[rows]))
             self.class_counts[split] += np.bincount(labels, minlength=NUM_CLASSES)
 
-    def write_dataset_dict(self, out_dir: Path, sharding: Sharding, fingerprint: str) -> dict[str, int]:
-        """Write the DatasetDict layout of `save_to_disk` into out_dir; returns the shard count per split."""
+    def write_dataset_dict(
+        self, out_dir: Path, sharding: Sharding, fingerprint: str
+    ) -> dict[str, list[ShardFile]]:
+        """Write the DatasetDict layout of `save_to_disk` into out_dir; returns the shards of each split."""
         for writer in self._writers.values():
             writer.close()
         splits = [split for split in SPLITS if split in self._writers]
-        shard_counts = {}
+        shards = {}
         for split in splits:
             rows = int(self.class_counts[split].sum())
-            shard_counts[split] = self._write_split(split, rows, out_dir / split, sharding.shards_for(rows))
-            _write_split_metadata(out_dir / split, shard_counts[split], f"{fingerprint}/{split}")
+            num_shards = self._write_split(split, rows, out_dir / split, sharding.shards_for(rows))
+            _write_split_metadata(out_dir / split, num_shards, f"{fingerprint}/{split}")
+            names = (f"{split}/{_shard_name(index, num_shards)}" for index in range(num_shards))
+            shards[split] = [_shard_file(out_dir, name) for name in names]
         (out_dir / datasets.config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": splits}))
         shutil.rmtree(self._dir)
-        return shard_counts
+        return shards
 
     def _write_split(self, split: str, rows: int, split_dir: Path, num_shards: int) -> int:
         split_dir.mkdir()
@@ -147,6 +153,10 @@ class StagedDataset:
 
 def _shard_name(index: int, count: int) -> str:
     return f"data-{index:05d}-of-{count:05d}.arrow"
+
+
+def _shard_file(out_dir: Path, name: str) -> ShardFile:
+    return ShardFile(name, (out_dir / name).stat().st_size, file_sha256(out_dir / name))
 
 
 def _write_split_metadata(split_dir: Path, num_shards: int, fingerprint_seed: str) -> None:

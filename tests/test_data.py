@@ -4,8 +4,6 @@ The augmentation itself (batched on the device) is tested in tests/test_augment.
 
 from __future__ import annotations
 
-import json
-
 import datasets
 import numpy as np
 import pytest
@@ -13,7 +11,10 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 from torchvision.transforms.v2 import functional as F
 
-from data_prep.schema import IMAGE_SIZE, MANIFEST_NAME, NUM_CLASSES, SCHEMA_VERSION, features
+from data_prep.files import file_sha256
+from data_prep.manifest import PREP_VERSION, Manifest, ShardFile, SplitStats
+from data_prep.records import SourceInfo
+from data_prep.schema import IMAGE_SIZE, NUM_CLASSES, SCHEMA_VERSION, features
 from emotionnet.data.augment import AugmentSampler, param_count
 from emotionnet.data.loaders import (
     DataConfig,
@@ -47,8 +48,20 @@ def _split(n: int, seed: int, first_row: int) -> datasets.Dataset:
 
 def _write_prepared(path, splits: datasets.DatasetDict, schema_version: int = SCHEMA_VERSION):
     splits.save_to_disk(str(path))
-    (path / MANIFEST_NAME).write_text(json.dumps({"schema_version": schema_version}))
+    _write_manifest(path, splits, schema_version)
     return path
+
+
+def _write_manifest(path, splits: datasets.DatasetDict, schema_version: int = SCHEMA_VERSION) -> None:
+    """The manifest the prep would write for `splits` saved at `path`: rows and shards (size, SHA-256)."""
+    stats = {}
+    for name, split in splits.items():
+        shards = sorted((path / name).glob("*.arrow"))
+        files = [ShardFile(str(f.relative_to(path)), f.stat().st_size, file_sha256(f)) for f in shards]
+        stats[name] = SplitStats(split.num_rows, len(files), {}, files)
+    rows = sum(split.num_rows for split in splits.values())
+    source = SourceInfo("synthetic.csv", "csv", 0, "")
+    Manifest(schema_version, PREP_VERSION, source, "strict", rows, rows, 0, None, stats, "", 0.0).write(path)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +162,7 @@ def test_load_splits_errors_name_the_directory(tmp_path, splits):
         load_splits(old)
     no_splits = tmp_path / "no_splits"
     no_splits.mkdir()
-    (no_splits / MANIFEST_NAME).write_text(json.dumps({"schema_version": SCHEMA_VERSION}))
+    _write_manifest(no_splits, datasets.DatasetDict())
     with pytest.raises(DatasetNotPreparedError, match="manifest but no saved splits"):
         load_splits(no_splits)
 

@@ -1,4 +1,5 @@
-"""`emotionnet-prep INPUT OUTPUT_DIR`: FER2013 CSV / CSV.gz / image folder -> Arrow shards + manifest."""
+"""`emotionnet-prep INPUT OUTPUT_DIR`: FER2013 CSV / CSV.gz / image folder -> Arrow shards + manifest.
+`emotionnet-prep --verify DIR`: check a prepared dataset against its manifest (shard sizes and SHA-256, rows)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
+from data_prep.manifest import DamagedDatasetError, refresh_hint
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.writer import DEFAULT_SHARD_ROWS, Sharding
 from emotionnet.cli import report_user_error
+from emotionnet.data.loaders import load_splits, read_manifest
 from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode, command_parser
 
@@ -27,8 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert FER2013 (emotion,pixels,Usage CSV, .csv.gz, or the train/ test/ image-folder "
         "release) into a Hugging Face DatasetDict of Arrow shards with a manifest.json.",
     )
-    parser.add_argument("input", help="FER2013 .csv / .csv.gz file, or image-folder root (train/, test/)")
-    parser.add_argument("output_dir", help="directory to create (written to a temp dir, then renamed)")
+    parser.add_argument(
+        "input", nargs="?", help="FER2013 .csv / .csv.gz file, or image-folder root (train/, test/)"
+    )
+    parser.add_argument(
+        "output_dir", nargs="?", help="directory to create (written to a temp dir, then renamed)"
+    )
+    parser.add_argument(
+        "--verify",
+        metavar="DIR",
+        help="instead of preparing: check the prepared dataset DIR against its manifest (every shard's size "
+        "and SHA-256, every split's rows); exit 2 naming the first damaged file",
+    )
     shards = parser.add_mutually_exclusive_group()
     shards.add_argument("--num-shards", type=_positive, help="shards per split")
     shards.add_argument(
@@ -50,8 +64,33 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # so `kill` (SIGTERM) cleans up the temp dir like Ctrl-C does
 
 
+def verify(data_dir: str) -> int:
+    """`--verify DIR`: read every shard of a prepared dataset and check it against the manifest."""
+    try:
+        manifest = read_manifest(Path(data_dir))
+        if not manifest.records_shards:
+            raise DamagedDatasetError(
+                f"{data_dir}: its manifest records no shard sizes or hashes, so nothing can be verified; "
+                f"{refresh_hint(manifest, Path(data_dir))}"
+            )
+        splits = load_splits(data_dir, verify_hashes=True)
+    except UserError as err:
+        return report_user_error("emotionnet-prep", err)
+    shards = sum(stats.shards for stats in manifest.splits.values())
+    rows = ", ".join(f"{name} {split.num_rows}" for name, split in splits.items())
+    print(f"{data_dir}: {len(splits)} splits, {shards} shards match the manifest ({rows} rows)")
+    return ExitCode.OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verify is not None:
+        if args.input is not None:
+            parser.error("--verify DIR takes no INPUT or OUTPUT_DIR")
+        return verify(args.verify)
+    if args.output_dir is None:
+        parser.error("INPUT and OUTPUT_DIR are required (or --verify DIR)")
     options = PrepOptions(
         sharding=Sharding(num_shards=args.num_shards, shard_rows=args.shard_size),
         on_bad_rows=args.on_bad_rows,

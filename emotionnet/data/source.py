@@ -44,7 +44,9 @@ def prepared_cache(csv: Path, cache_root: Path) -> Path:
     """Prep `csv` once into `<cache_root>/<sha256[:16]>/`; later runs with the same bytes reuse it."""
     sha = file_sha256(csv)
     target = cache_root / sha[:16]
-    if is_prepared(target) and Manifest.read(target).source.sha256 == sha:
+    cached = Manifest.read(target) if is_prepared(target) else None
+    # A cache an older prep wrote without shard sizes and hashes is prepared again, so that it is checked.
+    if cached is not None and cached.source.sha256 == sha and cached.records_shards:
         log.info("using prepared cache %s for %s", target, csv)
         return target
     log.info("preparing %s into cache %s", csv, target)

@@ -15,6 +15,7 @@ from accelerate.utils import broadcast_object_list
 
 from emotionnet.config import loader
 from emotionnet.config.schema import TrainConfig
+from emotionnet.data.loaders import load_splits
 from emotionnet.data.source import resolve_data_dir
 from emotionnet.exit_codes import ExitCode
 from emotionnet.run_layout import RunLayout
@@ -83,6 +84,8 @@ def decide_run(cfg: TrainConfig, accelerator: Accelerator, held: ExitStack) -> t
     directory (the lock joins `held`), then pick the checkpoint to resume."""
     check_output_dir(cfg.run.output_dir)  # before the data prep or anything else writes
     data_dir = str(resolve_data_dir(cfg.data))
+    if cfg.data.verify_hashes:  # once per run, here on the main process; every load checks the sizes
+        load_splits(data_dir, verify_hashes=True)
     run_path = run_directory(cfg.run, accelerator)
     run_path.mkdir(parents=True, exist_ok=True)
     held.enter_context(RunLock(run_path))
