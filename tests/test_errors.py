@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from data_prep.manifest import DamagedDatasetError
 from data_prep.records import PrepError
 from emotionnet.cli.train import main as train_main
 from emotionnet.config.loader import ConfigError
@@ -117,6 +118,7 @@ def test_a_user_error_is_one_line_and_exit_2_before_anything_is_written(tmp_path
         (PrepError, ExitCode.BAD_INPUT),
         (DataSourceError, ExitCode.BAD_INPUT),
         (DatasetNotPreparedError, ExitCode.BAD_INPUT),
+        (DamagedDatasetError, ExitCode.BAD_INPUT),
         (PretrainedWeightsError, ExitCode.BAD_INPUT),
         (ExportError, ExitCode.BAD_INPUT),
         (ModelLoadError, ExitCode.BAD_INPUT),
