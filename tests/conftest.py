@@ -67,3 +67,12 @@ def photo() -> Path:
         return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     except (OSError, ValueError):
         pytest.skip("matplotlib's sample data (grace_hopper.jpg) is not installed")
+
+
+@pytest.fixture(scope="session")
+def prepared_300(tmp_path_factory) -> Path:
+    """A 300-row synthetic FER2013 (seed 5) prepped into Arrow shards, shared by every test that only
+    reads it: 240 train, 30 validation, 30 test rows."""
+    from tests.training_utils import prepared_synthetic
+
+    return prepared_synthetic(tmp_path_factory.mktemp("prepared_300"), rows=300, seed=5)

@@ -336,7 +336,7 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert [r["step"] for r in log.read()] == [1, 2]
     assert any("dropped an incomplete last line" in r.getMessage() for r in caplog.records)
-    assert log.truncate_after(5) == 0  # resume: the torn tail goes, so the next append starts a line
+    assert log.truncate(5) == 0  # resume: the torn tail goes, so the next append starts a line
     log.append({"step": 3, "split": "train"})
     assert [r["step"] for r in log.read()] == [1, 2, 3]
 
@@ -437,3 +437,66 @@ def test_every_test_docs_reliability_md_names_exists():
         )
     ]
     assert not missing, missing
+
+
+# ---- resume on other data, symlinks in the run directory, permissions for teammates ------------------
+
+
+@pytest.mark.parametrize("change", ["other data", "other batch size"])
+def test_a_resume_on_other_data_or_batches_is_refused_unless_deliberate(
+    outputs, data_dir, tmp_path_factory, capsys, caplog, change
+):
+    if change == "other data":
+        other = prepared_synthetic(tmp_path_factory.mktemp("other_data"), rows=300, seed=6)
+        changed = (f"data.data_dir={other}",)
+    else:
+        changed = ("data.batch_size=4",)
+    resume = ("--run_name", "r", "--resume", "latest", "run.max_steps=6", *changed)
+    code, _ = train(data_dir, outputs, *resume)
+    assert code == ExitCode.BAD_INPUT
+    assert "trained on other data or batches" in one_error_line(capsys.readouterr().err)
+
+    with caplog.at_level(logging.WARNING):
+        code, trainer = train(data_dir, outputs, *resume, "checkpoint.resume_changed_data=true")
+    assert code == ExitCode.OK and trainer.progress.step == 6
+    assert any("resuming on changed data or batches" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("link", ["run directory", "checkpoints", "a checkpoint", "best"])
+def test_a_symlink_planted_in_the_run_directory_is_refused_and_nothing_is_written_or_deleted_through_it(
+    outputs, data_dir, tmp_path, capsys, link
+):
+    elsewhere = tmp_path / "elsewhere"
+    run_dir = outputs / "r"
+    planted = {"run directory": run_dir, "checkpoints": run_dir / "checkpoints",
+               "a checkpoint": step_dir(outputs, 2), "best": run_dir / "best"}[link]  # fmt: skip
+    shutil.move(planted, elsewhere)
+    planted.symlink_to(elsewhere, target_is_directory=True)
+    before = sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*"))
+
+    code, _ = train(data_dir, outputs, "--run_name", "r", "--resume", "latest", "run.max_steps=8",
+                    "checkpoint.every_steps=2", "checkpoint.keep_last=1")  # fmt: skip
+    assert code == ExitCode.BAD_INPUT
+    assert "is a symbolic link" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before
+
+
+def test_exports_checkpoints_and_reports_follow_the_umask(tmp_path, data_dir):
+    previous = os.umask(0o027)  # a group that may read, others not
+    try:
+        code, _ = train(
+            data_dir, tmp_path, "--run_name", "shared", "run.max_steps=2", "checkpoint.every_steps=2"
+        )
+    finally:
+        os.umask(previous)
+    assert code == ExitCode.OK
+    run_dir = tmp_path / "shared"
+    modes = {p.relative_to(run_dir).as_posix(): p.stat().st_mode & 0o777 for p in run_dir.rglob("*")}
+    assert {
+        path for path, mode in modes.items() if mode & 0o050 != 0o040 and (run_dir / path).is_file()
+    } == set()
+    wrong_dirs = {
+        path: oct(mode) for path, mode in modes.items() if (run_dir / path).is_dir() and mode != 0o750
+    }
+    assert wrong_dirs == {}
+    assert {"best", "final", "checkpoints/step_00000002", "reports"} <= set(modes)

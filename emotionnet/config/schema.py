@@ -112,6 +112,8 @@ class LossConfig:
 class CheckpointConfig:
     every_steps: int = 500  # plus one at every epoch end
     keep_last: int = 3  # the best checkpoint is kept on top of these
+    # Resume a checkpoint trained on other data (prep fingerprint, split sizes) or another batch layout.
+    resume_changed_data: bool = False
 
     def __post_init__(self) -> None:
         check_at_least("checkpoint", self, 1, ("every_steps", "keep_last"))

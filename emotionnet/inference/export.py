@@ -7,15 +7,13 @@ without the training code's config files.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from data_prep.files import replace_directory, staged_directory
 from data_prep.schema import CLASS_NAMES
 from emotionnet.config.loader import ConfigError, build
 from emotionnet.data.preprocessing import Preprocessing
@@ -64,7 +62,7 @@ def save_export(
     """Write an export atomically: a sibling temp dir renamed over `directory` when complete."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = staged_directory(directory)
     tensors = {
         k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in state_dict.items()
@@ -76,19 +74,6 @@ def save_export(
     )
     (tmp / DESCRIPTION_NAME).write_text(json.dumps(asdict(description), indent=2) + "\n")
     return replace_directory(tmp, directory)
-
-
-def replace_directory(staged: Path, directory: Path) -> Path:
-    """Move a completed `staged` dir to `directory`, replacing any previous one (readers never see a mix)."""
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-        os.replace(staged, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, directory)
-    return directory
 
 
 def read_description(directory: str | Path) -> ExportDescription:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import re
 import shutil
@@ -24,7 +23,7 @@ from accelerate.utils import load as torch_load_plain_data
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data_prep.files import file_sha256, write_atomic
+from data_prep.files import file_sha256, replace_directory, write_atomic
 from emotionnet.errors import UserError
 from emotionnet.run_layout import RunLayout
 
@@ -33,6 +32,7 @@ log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
+ADDED_LATER = ("identity",)  # trainer-state entries older checkpoints lack: resumed without them
 
 
 class CheckpointError(UserError):
@@ -234,9 +234,7 @@ class CheckpointManager:
             state = {name: obj.state_dict() for name, obj in self.json_state.items()}
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1, sort_keys=True))
             write_manifest(tmp, step, self.accelerator.num_processes)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            replace_directory(tmp, final)  # a kill never leaves this step without a checkpoint
             self._prune(protect)
         self.accelerator.wait_for_everyone()
         return final
@@ -247,14 +245,15 @@ class CheckpointManager:
         try:
             self.accelerator.load_state(str(path))
             state = json.loads((path / TRAINER_STATE).read_text())
-            missing = [name for name in self.json_state if name not in state]
+            missing = [name for name in self.json_state if name not in state and name not in ADDED_LATER]
             missing += [
                 f"{n}.safetensors" for n in self.tensor_state if not (path / f"{n}.safetensors").is_file()
             ]
             if missing:
                 raise ValueError(f"it has no {', '.join(missing)} (saved with another configuration?)")
             for name, obj in self.json_state.items():
-                obj.load_state_dict(state[name])
+                if name in state:
+                    obj.load_state_dict(state[name])
             for name, obj in self.tensor_state.items():
                 obj.load_state_dict(load_file(path / f"{name}.safetensors"))
         except (OSError, RuntimeError, ValueError, SafetensorError, pickle.UnpicklingError) as err:

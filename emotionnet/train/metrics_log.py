@@ -25,10 +25,13 @@ class MetricsLog:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.count = -1  # records in the file, known once `truncate` has read it
 
     def append(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.count >= 0:
+            self.count += 1
 
     def read(self) -> list[dict]:
         return self._read()[0]
@@ -60,11 +63,14 @@ class MetricsLog:
             )
         return records, bool(torn.strip())
 
-    def truncate_after(self, step: int) -> int:
-        """Drop records logged after `step` (work a resumed run will redo) and a torn last line; returns
-        how many records were dropped."""
-        records, torn = self._read()
-        kept = [r for r in records if r["step"] <= step]
-        if torn or len(kept) != len(records):
+    def truncate(self, step: int, records: int = -1) -> int:
+        """Back to a checkpoint: keep its first `records` records (when known, -1 otherwise: those up to
+        `step`), dropping work a resumed run will redo and a torn last line; returns how many were dropped.
+        By count, because an end of run logs validation and test records at the checkpoint's own step."""
+        kept, torn = self._read()
+        total = len(kept)
+        kept = kept[:records] if records >= 0 else [r for r in kept if r["step"] <= step]
+        if torn or len(kept) != total:
             write_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        return len(records) - len(kept)
+        self.count = len(kept)
+        return total - len(kept)

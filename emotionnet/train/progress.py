@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 # Absent from checkpoints written before they existed: such a checkpoint resumes with their defaults.
-ADDED_LATER = ("budget_spent_s",)
+ADDED_LATER = ("budget_spent_s", "validated_step", "logged_records")
 
 
 @dataclass
@@ -17,6 +17,8 @@ class TrainerProgress:
     best_step: int = -1
     skipped_steps: int = 0  # fp16 steps the grad scaler skipped on overflow (logged as train/skipped_steps)
     budget_spent_s: float = 0.0  # of run.time_budget_min, at the checkpoint (emotionnet/train/budget.py)
+    validated_step: int = -1  # the step of the last validation: a run killed before its last one redoes it
+    logged_records: int = -1  # records in metrics.jsonl at the checkpoint (-1: unknown, cut by step instead)
 
     def state_dict(self) -> dict:
         return dict(vars(self))

@@ -13,7 +13,8 @@ from accelerate import Accelerator
 
 from emotionnet.config.schema import RunConfig
 from emotionnet.errors import UserError
-from emotionnet.run_layout import CHECKPOINTS, run_name_problem
+from emotionnet.inference.export import ExportError, read_description
+from emotionnet.run_layout import CHECKPOINTS, RunLayout, run_name_problem
 from emotionnet.train.checkpoint import (
     CheckpointError,
     checkpoint_steps,
@@ -118,3 +119,27 @@ def resume_checkpoint(cfg: RunConfig, run_path: Path, num_processes: int) -> Pat
             "(the warnings above say why); pass --resume <checkpoint> or choose another --run_name"
         )
     return checkpoint
+
+
+def refuse_links(run_path: Path) -> None:
+    """A run directory, or a directory a run writes or prunes in it, planted as a symbolic link would be
+    written and pruned through (anywhere the link points): refused before anything is written."""
+    layout = RunLayout(run_path)
+    paths = [run_path, layout.checkpoints, layout.snapshots, layout.best, layout.final, layout.reports]
+    for parent in (layout.checkpoints, layout.snapshots):
+        paths += sorted(parent.iterdir()) if parent.is_dir() else []
+    if link := next((path for path in paths if path.is_symlink()), None):
+        raise RunDirError(
+            f"{link} is a symbolic link: a run writes and prunes only real directories inside its output "
+            "directory; replace the link with a directory (or point run.output_dir elsewhere)"
+        )
+
+
+def exported_step(export: Path) -> int | None:
+    """The training step an export of this run was taken at (its metadata), or None when it is missing or
+    unreadable."""
+    try:
+        step = read_description(export).metadata.get("step")
+    except ExportError:
+        return None
+    return step if isinstance(step, int) else None

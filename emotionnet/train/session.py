@@ -22,7 +22,13 @@ from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.components import build_accelerator
 from emotionnet.train.control import NonFiniteLossError
-from emotionnet.train.run_dir import ResolvedRun, check_output_dir, resume_checkpoint, run_directory
+from emotionnet.train.run_dir import (
+    ResolvedRun,
+    check_output_dir,
+    refuse_links,
+    resume_checkpoint,
+    run_directory,
+)
 from emotionnet.train.run_lock import RunLock
 from emotionnet.train.trainer import Trainer
 
@@ -87,6 +93,7 @@ def decide_run(cfg: TrainConfig, accelerator: Accelerator, held: ExitStack) -> t
     if cfg.data.verify_hashes:  # once per run, here on the main process; every load checks the sizes
         load_splits(data_dir, verify_hashes=True)
     run_path = run_directory(cfg.run, accelerator)
+    refuse_links(run_path)
     run_path.mkdir(parents=True, exist_ok=True)
     held.enter_context(RunLock(run_path))
     checkpoint = resume_checkpoint(cfg.run, run_path, accelerator.num_processes)

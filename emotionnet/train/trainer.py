@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object
 from tqdm.auto import tqdm
 
+from data_prep.files import recover_staged
 from emotionnet.config.schema import TrainConfig
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.evaluation.run_evaluator import RunEvaluator
@@ -38,6 +39,8 @@ from emotionnet.train.metrics_log import MetricsLog
 from emotionnet.train.optim import SkippedSteps, snapshot_steps
 from emotionnet.train.progress import TrainerProgress
 from emotionnet.train.recorder import RunRecorder
+from emotionnet.train.run_dir import exported_step
+from emotionnet.train.run_identity import run_identity
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ class Trainer:
             run_dir, accelerator, cfg.checkpoint.keep_last, cfg.checkpoint.every_steps
         )
         self.checkpoints.json_state["progress"] = self.progress
+        self.checkpoints.json_state["identity"] = run_identity(cfg, self.splits)
         if self.parts.ema is not None:
             self.checkpoints.tensor_state["ema"] = self.parts.ema.averaged
         self.control = RunControl(
@@ -107,22 +111,34 @@ class Trainer:
         return self.parts.splits
 
     def resume(self, checkpoint: Path | None) -> None:
-        """Restore a verified checkpoint (None: start fresh), then drop the log records past its step: work
-        the run will redo, or an earlier attempt's that never saved a checkpoint."""
+        """Restore a verified checkpoint (None: start fresh), drop the log records and exports of work the
+        run will redo (or an earlier attempt's that never saved a checkpoint), and what a kill mid-export
+        left behind."""
+        p = self.progress
         if checkpoint is not None:
             self.checkpoints.load(checkpoint)
             self.control.restore_schedule_length(schedule_steps(self.cfg, self.parts.steps_per_epoch))
         if self.sample_log is not None:
-            self.sample_log.truncate_after(self.progress.step)
+            self.sample_log.truncate(p.step)
         if self.accelerator.is_main_process:
-            dropped = self.metrics_log.truncate_after(self.progress.step)
+            dropped = self.metrics_log.truncate(p.step, p.logged_records)
+            for parent in (self.run_dir, self.layout.snapshots):
+                for done in recover_staged(parent):
+                    log.warning("%s: %s (left by a run killed while exporting)", parent, done)
             if checkpoint is not None:
                 log.info(
-                    "resumed from %s at step %d (dropped %d later log records)",
-                    checkpoint,
-                    self.progress.step,
-                    dropped,
+                    "resumed from %s at step %d (dropped %d later log records)", checkpoint, p.step, dropped
                 )
+        self.accelerator.wait_for_everyone()
+        if p.best_step >= 0 and exported_step(self.layout.best) != p.best_step:
+            # best/ is not the export this state chose (it came from work being redone, or is gone): the
+            # next validation exports afresh rather than compete with a score whose model is not there.
+            log.warning(
+                "%s is not the export of step %d: the next validation replaces it",
+                self.layout.best,
+                p.best_step,
+            )
+            p.best_accuracy = -1.0
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -154,10 +170,13 @@ class Trainer:
                     if stop:
                         return self._preempt()
                     if control.finished:
-                        epoch_finished = p.batches_in_epoch >= len(self.parts.train_loader)
+                        epoch_finished = self._epoch_consumed()
                         break
                 if self._end_epoch(epoch_finished):
                     return self._preempt()
+            # Resumed from the checkpoint written just before the last validation: validate now.
+            if p.validated_step != p.step and self._end_epoch(self._epoch_consumed()):
+                return self._preempt()
         return ExitCode.OK
 
     def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
@@ -218,6 +237,9 @@ class Trainer:
             )
         p.batches_in_epoch += 1
 
+    def _epoch_consumed(self) -> bool:
+        return self.progress.batches_in_epoch >= len(self.parts.train_loader)
+
     def _work_due(self) -> bool:
         """This step logs or saves: a sync point (ranks agree before anything is written)."""
         step = self.progress.step
@@ -250,6 +272,7 @@ class Trainer:
         if result.report.accuracy > p.best_accuracy:
             p.best_accuracy, p.best_step = result.report.accuracy, p.step
             self.export(self.layout.best, {"step": p.step, "epoch": p.epoch, **result.metrics("validation")})
+        p.validated_step = p.step
 
     def _save_snapshot(self) -> None:
         cycle = self.snapshot_steps.index(self.progress.step) + 1
@@ -258,6 +281,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> Path:
         self.control.record_budget()
+        self.progress.logged_records = self.metrics_log.count
         self.progress.skipped_steps += self.skips.take()
         return self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
 
