@@ -48,7 +48,7 @@ class _Loader(yaml.SafeLoader):
 
 
 class _AliasBombError(yaml.YAMLError):
-    pass
+    """A document whose aliases expand to more than MAX_YAML_VALUES values."""
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
