@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -250,14 +251,31 @@ def test_eval_logs_into_an_existing_mlflow_run(capsys, tmp_path, mlflow_store, a
     assert run.data.metrics[f"{prefix}/accuracy"] == pytest.approx(summary["accuracy"])
     assert run.data.metrics[f"{prefix}/macro_f1"] == pytest.approx(summary["macro_f1"])
     assert run.data.metrics[f"{prefix}/n"] == 30
-    for name in CLASS_NAMES:
-        assert f"{prefix}/accuracy_{name}" in run.data.metrics
     logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-    assert logged == {"evaluation/cm.png", f"evaluation/{prefix}.json"}
+    assert logged == {
+        "evaluation/cm.png", f"evaluation/{prefix}.json",
+        f"evaluation/{prefix}_per_class.json", f"evaluation/{prefix}_per_class.png",
+    }  # fmt: skip
     report = json.loads(
         Path(client.download_artifacts(run_id, f"evaluation/{prefix}.json", str(tmp_path))).read_text()
     )
     assert report["accuracy"] == summary["accuracy"]
+
+    # per class: one table and one bar chart, not a single-point metric per class
+    assert sorted(run.data.metrics) == [f"{prefix}/{k}" for k in ("accuracy", "loss", "macro_f1", "n")]
+    table = json.loads(
+        Path(
+            client.download_artifacts(run_id, f"evaluation/{prefix}_per_class.json", str(tmp_path))
+        ).read_text()
+    )  # MLflow's table format: {"columns": [...], "data": [[...], ...]}
+    rows = [dict(zip(table["columns"], values, strict=True)) for values in table["data"]]
+    assert [row["class"] for row in rows] == list(CLASS_NAMES)
+    assert "mlflow.loggedArtifacts" in run.data.tags  # what lists the table in MLflow's UI
+    for row in rows:
+        expected = summary["per_class"][row["class"]]
+        assert row["recall"] == pytest.approx(expected["recall"]) and row["support"] == expected["support"]
+    figure = client.download_artifacts(run_id, f"evaluation/{prefix}_per_class.png", str(tmp_path))
+    assert cv2.imread(figure).shape[1] > 600
 
     err = run_error(capsys, models[0], arrow_dir, "--mlflow-run-id", "0" * 32)
     assert f"MLflow run {'0' * 32} cannot be used" in err

@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from data_prep.schema import CLASS_NAMES
+from emotionnet.evaluation.metrics import ClassificationReport
 from emotionnet.evaluation.plots import (
     confusion_matrix_figure,
+    emotions_over_time,
     misclassified_grid,
+    per_class_figure,
     save_figure,
     training_curves,
 )
@@ -38,6 +41,31 @@ def test_confusion_matrix_is_row_normalized_with_class_names():
 def test_confusion_matrix_shape_must_match_class_names():
     with pytest.raises(ValueError, match="expected 7 x 7"):
         confusion_matrix_figure(torch.zeros(3, 3), CLASS_NAMES)
+
+
+def test_per_class_figure_shows_precision_recall_and_f1_of_each_class_with_its_support():
+    confusion = torch.zeros(7, 7, dtype=torch.int64)
+    confusion[0, 0], confusion[0, 3], confusion[3, 3] = 3, 1, 5  # angry: recall 0.75; happy: precision 5/6
+    fig = per_class_figure(ClassificationReport(confusion).per_class(CLASS_NAMES), "test")
+    ax = fig.axes[0]
+    assert ax.get_title() == "test"
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0] == "angry\nn=4" and ticks[3] == "happy\nn=5" and len(ticks) == 7
+    heights = {c.get_label(): [bar.get_height() for bar in c] for c in ax.containers}
+    assert list(heights) == ["precision", "recall", "f1"]
+    assert heights["recall"][0] == pytest.approx(0.75) and heights["precision"][3] == pytest.approx(5 / 6)
+
+
+def test_emotions_over_time_draws_each_class_against_seconds_with_gaps_for_no_face():
+    probabilities = np.full((3, 7), 1 / 7)
+    probabilities[1] = np.nan  # no face in the middle frame
+    fig = emotions_over_time([0.0, 0.5, 1.0], probabilities, CLASS_NAMES, "clip")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == list(CLASS_NAMES)
+    np.testing.assert_array_equal(lines[0].get_xdata(), [0.0, 0.5, 1.0])
+    assert np.isnan(lines[0].get_ydata()[1])
+    empty = emotions_over_time([0.0], np.full((1, 7), np.nan), CLASS_NAMES)
+    assert "no face found" in [t.get_text() for t in empty.axes[0].texts]
 
 
 def test_misclassified_grid_shows_only_wrong_predictions():

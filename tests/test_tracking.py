@@ -3,6 +3,7 @@ server that dies mid-run (+ replay), an unreachable server at start, and secrets
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -13,10 +14,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from data_prep.schema import CLASS_NAMES
 from emotionnet.cli.replay import main as replay_main
 from emotionnet.cli.train import run as train_run
 from emotionnet.config import loader as config_loader
@@ -168,12 +171,7 @@ def test_run_against_server_is_complete(data_dir, tmp_path, mlflow_server, no_tr
     for key in ("train/lr", "train/images_per_s", "train/grad_norm"):
         assert steps(client, run_id, key) == [5, 10]
     validation = next(r for r in records if r["split"] == "validation")
-    for key in (
-        "validation/loss",
-        "validation/accuracy",
-        "validation/macro_f1",
-        "validation/accuracy_disgust",
-    ):
+    for key in ("validation/loss", "validation/accuracy", "validation/macro_f1"):
         (metric,) = client.get_metric_history(run_id, key)
         assert (metric.step, metric.value) == (10, pytest.approx(validation[key]))
     assert "test/accuracy" in run.data.metrics
@@ -279,6 +277,48 @@ def test_default_store_is_local_and_holds_no_secrets(
     files = [tmp_path / "mlflow.db", *(tmp_path / "mlartifacts").rglob("*")]
     leaks = [(f, s) for f in files if f.is_file() for s in secrets if s.encode() in f.read_bytes()]
     assert not leaks
+
+
+@pytest.mark.slow
+def test_per_class_figures_are_one_table_and_one_bar_chart_per_evaluation(
+    data_dir, tmp_path, no_tracking_env
+):
+    code, trainer = train(
+        data_dir,
+        tmp_path,
+        "run.run_name=per_class",
+        "tracking.log_model=false",
+        "tracking.system_metrics=false",
+    )
+    assert code == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("emotionnet").experiment_id])
+    run_id = run.info.run_id
+    # no metric per class (each was a chart of its own), in MLflow or in metrics.jsonl
+    assert {"validation/accuracy", "test/accuracy"} <= set(run.data.metrics)
+    assert not [key for key in run.data.metrics if "accuracy_" in key]
+    assert "accuracy_" not in (trainer.run_dir / "metrics.jsonl").read_text()
+
+    artifacts = all_artifacts(client, run_id)
+    for name in ("validation_epoch_000", "test"):
+        assert {f"reports/{name}/per_class.csv", f"reports/{name}/per_class.png"} <= artifacts
+    download = tmp_path / "download"
+    with open(
+        client.download_artifacts(run_id, "reports/test/per_class.csv", str(download)), newline=""
+    ) as f:
+        rows = list(csv.DictReader(f))
+    report = json.loads(
+        Path(client.download_artifacts(run_id, "reports/test/report.json", str(download))).read_text()
+    )
+    assert [row["class"] for row in rows] == list(CLASS_NAMES)
+    for row in rows:
+        expected = report["per_class"][row["class"]]
+        assert (
+            float(row["recall"]) == pytest.approx(expected["recall"])
+            and int(row["support"]) == expected["support"]
+        )
+    chart = cv2.imread(client.download_artifacts(run_id, "reports/test/per_class.png", str(download)))
+    assert chart.shape[1] > 600
 
 
 # ---- resume -------------------------------------------------------------------------------------

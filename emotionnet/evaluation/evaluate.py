@@ -20,6 +20,7 @@ from emotionnet.data.loaders import load_splits
 from emotionnet.data.transforms import TTAMode
 from emotionnet.errors import UserError
 from emotionnet.evaluation.metrics import ClassificationReport, confusion_matrix
+from emotionnet.evaluation.plots import per_class_figure
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble
 from emotionnet.inference.export import DESCRIPTION_NAME
@@ -155,11 +156,19 @@ class MlflowRunLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in outcome.metrics(prefix, class_names).items()]
+        metrics = [Metric(k, v, now, 0) for k, v in outcome.metrics(prefix).items()]
+        rows = outcome.report.per_class(class_names)
         try:
             self.client.log_batch(self.run_id, metrics=metrics)
             self.client.log_dict(self.run_id, summary, f"evaluation/{prefix}.json")
             self.client.log_artifact(self.run_id, str(png), artifact_path="evaluation")
+            # Per-class figures as one table and one bar chart, not a single-point metric per class.
+            self.client.log_table(
+                self.run_id, {k: [r[k] for r in rows] for k in rows[0]}, f"evaluation/{prefix}_per_class.json"
+            )
+            figure = per_class_figure(rows, f"{prefix}: per class")
+            self.client.log_figure(self.run_id, figure, f"evaluation/{prefix}_per_class.png")
+            figure.clear()
         except self._error as err:
             raise EvalInputError(
                 f"logging to MLflow run {self.run_id} failed: {err.message.splitlines()[0]}"

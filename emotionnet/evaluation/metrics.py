@@ -53,18 +53,23 @@ class ClassificationReport:
             "accuracy": self.accuracy,
             "macro_f1": self.macro_f1,
             "n": self.n,
-            "per_class": {
-                name: {
-                    "accuracy": float(self.recall[i]),
-                    "precision": float(self.precision[i]),
-                    "recall": float(self.recall[i]),
-                    "f1": float(self.f1[i]),
-                    "support": int(self.support[i]),
-                }
-                for i, name in enumerate(class_names)
-            },
+            "per_class": {row.pop("class"): row for row in self.per_class(class_names)},
             "confusion_matrix": self.confusion.tolist(),
         }
+
+    def per_class(self, class_names: tuple[str, ...] | list[str]) -> list[dict]:
+        """One row per class: class, accuracy (= recall), precision, recall, f1, support."""
+        return [
+            {
+                "class": name,
+                "accuracy": float(self.recall[i]),
+                "precision": float(self.precision[i]),
+                "recall": float(self.recall[i]),
+                "f1": float(self.f1[i]),
+                "support": int(self.support[i]),
+            }
+            for i, name in enumerate(class_names)
+        ]
 
     def format_table(self, class_names: tuple[str, ...] | list[str]) -> str:
         lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]

@@ -1,5 +1,5 @@
-"""Figures for runs and evaluations: confusion matrix, misclassified faces, training curves, and a video's
-emotions over time.
+"""Figures for runs and evaluations: confusion matrix, per-class bars, misclassified faces, training curves,
+and a video's emotions over time.
 
 Every function returns a matplotlib Figure drawn on the Agg canvas. Figures are made without pyplot: no
 display, no GUI backend, no process-wide backend switch and no global figure registry to leak into (a
@@ -62,6 +62,25 @@ def confusion_matrix_figure(
             ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if values[i, j] > threshold else "black")  # fmt: skip
     ax.set_title(title or ("confusion matrix (row-normalized)" if normalize else "confusion matrix"))
+    return fig
+
+
+def per_class_figure(rows: Sequence[dict], title: str = "") -> Figure:
+    """Precision, recall and F1 of each class as grouped bars (`ClassificationReport.per_class` rows), the
+    class's support under its name."""
+    measures = ("precision", "recall", "f1")
+    fig = _figure(figsize=(1.0 + 1.1 * len(rows), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / len(measures)
+    for m, measure in enumerate(measures):
+        positions = np.arange(len(rows)) + (m - (len(measures) - 1) / 2) * width
+        bars = ax.bar(positions, [row[measure] for row in rows], width, label=measure)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    ax.set_xticks(range(len(rows)), [f"{row['class']}\nn={row['support']}" for row in rows])
+    ax.set_ylim(0, 1.08)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title(title or "per class")
     return fig
 
 

@@ -6,6 +6,8 @@ uploads them later) and can be looked at without MLflow.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -17,12 +19,14 @@ from data_prep.schema import CLASS_NAMES
 from emotionnet.evaluation.plots import (
     confusion_matrix_figure,
     misclassified_grid,
+    per_class_figure,
     save_figure,
     training_curves,
 )
 from emotionnet.evaluation.result import EvalResult
 
 CURVES_NAME = "training_curves.png"
+PER_CLASS_CSV, PER_CLASS_PNG = "per_class.csv", "per_class.png"
 
 
 def evaluation_report_name(split: str, epoch: int) -> str:
@@ -38,7 +42,8 @@ def write_evaluation_report(
     misclassified_max: int = 36,
 ) -> Path:
     """confusion_matrix.png (row-normalized), report.json / report.md (per-class precision, recall, F1,
-    support) and, when the split's images are given, misclassified.png. Returns `directory`."""
+    support), the per-class table and its bar chart (per_class.csv, per_class.png) and, when the split's
+    images are given, misclassified.png. Returns `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     report = result.report
     write_atomic(
@@ -46,6 +51,9 @@ def write_evaluation_report(
         json.dumps({"title": title, "loss": result.loss, **report.as_dict(CLASS_NAMES)}, indent=2) + "\n",
     )
     write_atomic(directory / "report.md", f"# {title}\n\n```\n{report.format_table(CLASS_NAMES)}\n```\n")
+    rows = report.per_class(CLASS_NAMES)
+    write_atomic(directory / PER_CLASS_CSV, per_class_csv(rows))
+    save_figure(per_class_figure(rows, f"{title}: per class"), directory / PER_CLASS_PNG)
     save_figure(
         confusion_matrix_figure(
             report.confusion, CLASS_NAMES, normalize=True, title=f"{title} (row-normalized)"
@@ -59,6 +67,15 @@ def write_evaluation_report(
             directory / "misclassified.png",
         )
     return directory
+
+
+def per_class_csv(rows: list[dict]) -> str:
+    """`ClassificationReport.per_class` rows as CSV text (MLflow's artifact view shows it as a table)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def _misclassified(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from data_prep.schema import CLASS_NAMES
 from emotionnet.evaluation.metrics import ClassificationReport
 
 
@@ -19,13 +17,12 @@ class EvalResult:
     labels: torch.Tensor  # (N,)
     row_ids: torch.Tensor  # (N,) the source CSV's line numbers
 
-    def metrics(self, prefix: str, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
-        values = {
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """The scalar metrics (metrics.jsonl, MLflow). Per-class figures are a table and a bar chart in the
+        evaluation's report (reports.py), not a metric each: one chart per class is noise in MLflow."""
+        return {
             f"{prefix}/loss": self.loss,
             f"{prefix}/accuracy": self.report.accuracy,
             f"{prefix}/macro_f1": self.report.macro_f1,
             f"{prefix}/n": float(self.report.n),
         }
-        for name, recall in zip(class_names, self.report.recall.tolist(), strict=True):
-            values[f"{prefix}/accuracy_{name}"] = recall
-        return values
