@@ -5,6 +5,8 @@ exists. docs/reliability.md lists each promise with its test here."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from emotionnet.config.recipes import load_train_config
 from emotionnet.config.schema import TrainConfig
 from emotionnet.data.loaders import usable_cpus
 from emotionnet.exit_codes import ExitCode
-from tests.training_utils import TINY_CONFIG, prepared_synthetic
+from tests.training_utils import REPO_ROOT, TINY_CONFIG, prepared_synthetic
 
 PROG = "emotionnet-train:"
 
@@ -108,8 +110,17 @@ def test_a_count_of_processes_or_threads_beyond_the_machine_is_refused_at_load(k
         load_train_config(None, [f"{key}=1000"])
 
 
-def test_usable_cpus_follows_the_affinity_mask():
-    assert usable_cpus() == len(os.sched_getaffinity(0)) >= 1
+def test_the_bound_follows_the_cpus_this_process_may_use():
+    # One CPU in the affinity mask (as `taskset -c 0` or a SLURM allocation of one core gives): at most 4.
+    check = (
+        "from emotionnet.config.recipes import load_train_config as load; load(None, ['data.num_workers=5'])"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=120, preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))  # fmt: skip
+    assert (
+        "data.num_workers=5 is more than this machine can run: at most 4 (4 per CPU, 1 CPU usable here)"
+        in (result.stderr)
+    )
 
 
 @pytest.fixture(scope="module")
