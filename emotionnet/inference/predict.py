@@ -344,6 +344,7 @@ class Predictor:
                     summary.frames_with_faces += bool(faces)
                     if self.pending.ready():
                         yield from self.flush()
+                bar.update((bar.total or bar.n) - bar.n)  # the frames after the last one sampled
         except VideoReadError as err:
             summary.error = str(err)
         yield from self.flush()  # the video's frames are all classified before its summary comes

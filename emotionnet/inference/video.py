@@ -23,6 +23,10 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 DEFAULT_FPS = 2.0  # frames classified per second of video: expressions change over about half a second
 ANNOTATED_FOURCC = "mp4v"  # an MPEG-4 encoder every opencv-python wheel has (H.264 is not bundled)
 
+# FFmpeg's own messages about a broken file ("moov atom not found") would precede our one-sentence error;
+# OpenCV reads this when it opens its first video. Set it yourself to see them.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
 
 class VideoReadError(UserError):
     """One video cannot be used, or not to its end (reported for that file; the others are still classified)."""
