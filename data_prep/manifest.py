@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,7 +76,9 @@ def _split_stats(raw: dict) -> SplitStats:
 
 
 def refresh_hint(manifest: Manifest, directory: Path) -> str:
-    return f"re-run `emotionnet-prep {manifest.source.path} {directory} --overwrite` to prepare it again"
+    """The command that prepares `directory` again from the input its manifest names."""
+    command = shlex.join(["emotionnet-prep", manifest.source.path, str(directory), "--overwrite"])
+    return f"re-run `{command}` to prepare it again"
 
 
 def check_shards(directory: Path, manifest: Manifest, hashes: bool) -> None:
