@@ -107,3 +107,13 @@ def test_bench_train_cpu_times_the_real_step_and_ends_with_its_json_line():
     assert summary["baseline_img_s"] > 0 and summary["new_img_s"] > 0
     assert summary["ratio"] == pytest.approx(summary["new_img_s"] / summary["baseline_img_s"], rel=0.01)
     assert "| baseline | `run.channels_last=false` `optim.fused=false` |" in result.stdout
+
+
+def test_bench_onnx_smoke_reports_agreement_and_both_runtimes():
+    result = run_python("-m", "benchmarks.bench_onnx", "--synthetic", "--faces", "8", "--batch", "4",
+                        "--threads", "1", "--rounds", "1", "--doc", "")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(last) == {"max_logit_diff", "torch_1t_faces_s", "onnx_1t_faces_s"}
+    assert last["max_logit_diff"] <= 1e-4 and last["torch_1t_faces_s"] > 0 and last["onnx_1t_faces_s"] > 0
+    assert [row[0] for row in markdown_rows(result.stdout)] == ["threads", "1"]

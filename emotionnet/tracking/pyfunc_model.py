@@ -2,10 +2,11 @@
 
 An export directory (`best/`, `final/`: model.safetensors + emotionnet.json) is logged as the model's
 `export` artifact (with its model.onnx, exported at log time when the onnx extra is installed, for
-`--runtime onnx` and for deployments without PyTorch), and the model's code is this package's `EmotionNetPyfunc`, logged as "models from
-code" (`mlflow_model_code.py`): neither logging nor loading serializes a Python object, so loading a
-`runs:/` or `models:/` URI never unpickles what the registry holds. `emotionnet-eval`/`-predict` do
-not even run the logged code: they download the artifact and read it with the export loader.
+`--runtime onnx` and for deployments without PyTorch), and the model's code is this package's
+`EmotionNetPyfunc`, logged as "models from code" (`mlflow_model_code.py`): neither logging nor loading
+serializes a Python object, so loading a `runs:/` or `models:/` URI never unpickles what the registry
+holds. `emotionnet-eval`/`-predict` do not even run the logged code: they download the artifact and read
+it with the export loader.
 
 Input: uint8 face crops, shape (N, 48, 48) (FER2013 grayscale, as `emotionnet-prep` stores them); the
 model applies its own preprocessing (the export's emotionnet.json). Output: a DataFrame of class
