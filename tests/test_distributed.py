@@ -117,12 +117,25 @@ def test_deepspeed_zero2_two_processes_learns_saves_and_resumes(tmp_path, small_
 
 @pytest.mark.deepspeed
 def test_deepspeed_zero3_bf16_two_processes(tmp_path, data_dir):
+    """bf16 ZeRO-3 with an evaluation batch smaller than the training batch: DeepSpeed's micro-batch is the
+    training batch, the global gradient norm is logged, and the export holds the fp32 master weights."""
     result = run(accelerate_command("deepspeed_zero3.yaml", 2, f"data.data_dir={data_dir}",
                                     f"run.output_dir={tmp_path}", "--run_name", "z3", "run.max_steps=10",
-                                    "run.mixed_precision=bf16", "run.log_every_steps=5"))  # fmt: skip
+                                    "run.mixed_precision=bf16", "run.log_every_steps=5", "data.eval_batch_size=4"))  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     facts = _facts(tmp_path / "z3", 2)
     assert {f["distributed"] for f in facts} == {"deepspeed-zero3"}
     assert {f["param_dtype"] for f in facts} == {"torch.bfloat16"}  # DeepSpeed's own bf16, inputs cast to it
+    assert {f["micro_batch"] for f in facts} == {8}  # data.batch_size, not the evaluation's 4
+    norms = [
+        r.get("train/grad_norm")
+        for r in read_jsonl(tmp_path / "z3" / "metrics.jsonl")
+        if r["split"] == "train"
+    ]
+    assert len(norms) == 2 and all(n is not None and 0 < n < float("inf") for n in norms), norms
     model, _ = load_export(tmp_path / "z3" / "final")  # ZeRO-3 shards gathered into a complete export
-    assert sum(p.numel() for p in model.parameters()) > 0
+    weights = [p.detach() for p in model.parameters()]
+    assert sum(w.numel() for w in weights) > 0
+    # fp32 master weights: most are not bf16 numbers (the bf16 copies would all be).
+    off_grid = sum(int((w != w.to(torch.bfloat16).float()).sum()) for w in weights)
+    assert off_grid > 0.5 * sum(w.numel() for w in weights)

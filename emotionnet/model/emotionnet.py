@@ -52,6 +52,9 @@ class ModelConfig:
     # transformer layers and readout): each starts as (near) identity. null: no gains, full strength.
     layer_scale: float | None = 0.01
     readout: str = "pooled"  # "pooled": pooled CNN map + gained transformer output; "cls": class token
+    # Training only: BatchNorm statistics over the batch of all processes (emotionnet/train/replicas.py);
+    # "auto": when the run has several. Exports hold the same tensors either way.
+    sync_batchnorm: bool | str = "auto"
 
     def __post_init__(self) -> None:
         # YAML and CLI overrides arrive untyped: reject wrong types here in one sentence.
@@ -83,6 +86,8 @@ class ModelConfig:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.layer_scale is not None and self.layer_scale < 0:
             raise ValueError(f"model.layer_scale must be >= 0 or null, got {self.layer_scale}")
+        if self.sync_batchnorm not in (True, False, "auto"):
+            raise ValueError(f"model.sync_batchnorm must be auto, true or false, got {self.sync_batchnorm!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"model.readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
         # What the modules would refuse at build time, refused at load instead (a config error, not a crash

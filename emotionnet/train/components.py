@@ -31,6 +31,7 @@ from emotionnet.model.emotionnet import create_model
 from emotionnet.train.ema import WeightEMA
 from emotionnet.train.loss import Criterion
 from emotionnet.train.optim import LRSchedule, create_optimizer, create_scheduler, scaled_lr
+from emotionnet.train.replicas import convert_sync_batchnorm, use_sync_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ def build_components(cfg: TrainConfig, accelerator: Accelerator) -> Components:
     # Same initial weights on every rank, then per-rank streams for augmentation and dropout.
     set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)
     model = create_model(cfg.model)
+    if use_sync_batchnorm(cfg.model.sync_batchnorm, accelerator.num_processes):
+        model = convert_sync_batchnorm(model)
     set_seed(cfg.run.seed, device_specific=True)
     # DeepSpeed flattens and broadcasts parameters as contiguous bytes: NHWC conv weights are refused.
     channels_last = cfg.run.channels_last and not deepspeed
@@ -152,7 +155,7 @@ def build_components(cfg: TrainConfig, accelerator: Accelerator) -> Components:
         optimizer, cfg.schedule, steps_per_epoch, schedule_steps(cfg, steps_per_epoch)
     )
     lr_schedule = scheduler.lr_lambdas[0]  # before prepare wraps it
-    fill_deepspeed_clipping(accelerator, cfg.optim.grad_clip)
+    fill_deepspeed_config(accelerator, cfg)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader(cfg, splits["validation"]), scheduler
     )
@@ -198,8 +201,13 @@ def schedule_steps(cfg: TrainConfig, steps_per_epoch: int) -> int | None:
     return cfg.schedule.budget_steps or steps_per_epoch * cfg.run.num_epochs
 
 
-def fill_deepspeed_clipping(accelerator: Accelerator, grad_clip: float) -> None:
-    """Fill the DeepSpeed JSON's `auto` clipping value from the training config."""
+def fill_deepspeed_config(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """Fill the DeepSpeed JSON's `auto` clipping and micro-batch from the training config (Accelerate would
+    take the smaller of the training and evaluation batches as the micro-batch)."""
     plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and plugin.deepspeed_config.get("gradient_clipping", "auto") == "auto":
-        plugin.deepspeed_config["gradient_clipping"] = grad_clip
+    if plugin is None:
+        return
+    filled = {"gradient_clipping": cfg.optim.grad_clip, "train_micro_batch_size_per_gpu": cfg.data.batch_size}
+    for key, value in filled.items():
+        if plugin.deepspeed_config.get(key, "auto") == "auto":
+            plugin.deepspeed_config[key] = value

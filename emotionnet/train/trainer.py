@@ -39,6 +39,7 @@ from emotionnet.train.metrics_log import MetricsLog
 from emotionnet.train.optim import SkippedSteps, snapshot_steps
 from emotionnet.train.progress import TrainerProgress
 from emotionnet.train.recorder import RunRecorder
+from emotionnet.train.replicas import broadcast_buffers, deepspeed_fp32_state
 from emotionnet.train.run_dir import exported_step
 from emotionnet.train.run_identity import run_identity
 
@@ -208,9 +209,10 @@ class Trainer:
                     parts.ema.update()
         return loss, grad_norm, acc.sync_gradients
 
-    def _clip_gradients(self) -> torch.Tensor | None:
+    def _clip_gradients(self) -> torch.Tensor | float | None:
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            return None  # DeepSpeed clips inside its step (config's gradient_clipping)
+            # DeepSpeed clips inside its step (config's gradient_clipping), which `backward` has run.
+            return self.parts.model.get_global_grad_norm()
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         return self.accelerator.clip_grad_norm_(self.parts.model.parameters(), max_norm)
 
@@ -262,6 +264,7 @@ class Trainer:
 
     def _validate(self) -> None:
         p = self.progress
+        self._share_buffers()
         result = self.evaluator.model(self.parts.eval_model, "validation")
         self.recorder.report("validation", "validation", result)
         if self.accelerator.is_main_process:
@@ -327,9 +330,13 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
 
     def export(self, path: Path, metadata: dict) -> Path:
-        """Write an export to `path` (safetensors + description); gathers ZeRO-3 shards on all ranks."""
+        """Write an export to `path` (safetensors + description); gathers DeepSpeed's fp32 master weights (ZeRO-3:
+        their shards) on all ranks."""
+        self._share_buffers()
         if self.parts.ema is not None:
             state = self.parts.ema.module.state_dict()
+        elif self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            state = deepspeed_fp32_state(self.parts.model)
         else:
             state = self.accelerator.get_state_dict(self.parts.model)
         if self.accelerator.is_main_process:
@@ -337,6 +344,13 @@ class Trainer:
             save_export(path, state, self.cfg.model, self.parts.preprocessing, metadata)
         self.accelerator.wait_for_everyone()
         return path
+
+    def _share_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics everywhere: each rank updated its own (DeepSpeed never syncs them, DDP
+        only before each forward), and every rank must evaluate and export the same model."""
+        broadcast_buffers(self.accelerator.unwrap_model(self.parts.model))
+        if self.parts.ema is not None:
+            broadcast_buffers(self.parts.ema.module)
 
     def export_final(self) -> Path:
         return self.export(self.layout.final, {"step": self.progress.step, "epoch": self.progress.epoch})
