@@ -19,7 +19,7 @@ PATH_PATTERN = re.compile(
 RECIPE_PATTERN = re.compile(r"--config[ =]([\w.-]+)(?=[\s`'\"]|$)")
 COMMANDS = [
     "emotionnet-train", "emotionnet-eval", "emotionnet-predict", "emotionnet-summary", "emotionnet-prep",
-    "emotionnet-synth", "emotionnet-launch", "emotionnet-mlflow-replay", "emotionnet-mlflow-ui",
+    "emotionnet-synth", "emotionnet-launch", "emotionnet-mlflow-replay", "emotionnet-mlflow-ui", "emotionnet-export",
 ]  # fmt: skip
 
 
