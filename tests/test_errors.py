@@ -26,6 +26,7 @@ from emotionnet.evaluation.evaluate import EvalInputError
 from emotionnet.exit_codes import MEANINGS, ExitCode, exit_codes_help
 from emotionnet.inference.ensemble import ModelLoadError
 from emotionnet.inference.export import ExportError
+from emotionnet.inference.onnx_export import OnnxError
 from emotionnet.inference.predict import PredictInputError
 from emotionnet.model.backbone import PretrainedWeightsError
 from emotionnet.tracking.mlflow_tracker import ERROR_TAG, RunRecord, TrackingError
@@ -39,7 +40,7 @@ from launcher.accelerate_cmd import LaunchError
 from tests.training_utils import REPO_ROOT, TINY_CONFIG, prepared_synthetic, train_env
 
 PROG = "emotionnet-train"
-COMMANDS = ("eval", "launch", "mlflow_ui", "predict", "prep", "replay", "summary", "synth", "train")
+COMMANDS = ("eval", "export", "launch", "mlflow_ui", "predict", "prep", "replay", "summary", "synth", "train")
 # A ValueError: before UserError, the command took any ValueError for bad input (one line, exit 2).
 INJECTED = "ValueError: injected bug in the loss at training step 3"
 # `emotionnet-train` exactly as its console script runs it (`sys.exit(main())`), with a bug planted in the
@@ -122,6 +123,7 @@ def test_a_user_error_is_one_line_and_exit_2_before_anything_is_written(tmp_path
         (PretrainedWeightsError, ExitCode.BAD_INPUT),
         (ExportError, ExitCode.BAD_INPUT),
         (ModelLoadError, ExitCode.BAD_INPUT),
+        (OnnxError, ExitCode.BAD_INPUT),
         (PredictInputError, ExitCode.BAD_INPUT),
         (EvalInputError, ExitCode.BAD_INPUT),
         (RunDirError, ExitCode.BAD_INPUT),
