@@ -28,6 +28,7 @@ from emotionnet.inference.export import load_export, replace_directory, save_exp
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TTA_MODES = ("none", "flip", "tencrop")
 CONFUSION_PNG = "confusion_publictest_tencrop.png"
+LICENSE = "mit"  # the project's (setup.cfg)
 
 
 def evaluate_bundle(bundle: Path, data: Path, confusion_png: Path) -> dict[str, dict]:
@@ -40,20 +41,65 @@ def evaluate_bundle(bundle: Path, data: Path, confusion_png: Path) -> dict[str, 
     return summaries  # the PNG is left from the last mode: ten-crop
 
 
+def front_matter(name: str, figures: dict[str, dict]) -> str:
+    """The YAML block model hubs read at the top of a card: library, licence, task, data set, and the
+    PublicTest figures per TTA mode (`figures`: emotionnet-eval summaries by TTA mode)."""
+    metrics = []
+    for tta, summary in figures.items():
+        metrics += [
+            {"type": "accuracy", "value": round(summary["accuracy"], 4), "name": f"accuracy, {tta} TTA",
+             "args": {"tta": tta}},
+            {"type": "f1", "value": round(summary["macro_f1"], 4), "name": f"macro-F1, {tta} TTA",
+             "args": {"average": "macro", "tta": tta}},
+        ]  # fmt: skip
+    metadata = {
+        "library_name": "emotionnet",
+        "license": LICENSE,
+        "pipeline_tag": "image-classification",
+        "tags": ["facial-expression-recognition", "emotion-recognition", "fer2013", "pytorch", "safetensors"],
+        "datasets": ["fer2013"],
+        "metrics": ["accuracy", "f1"],
+        "model-index": [{
+            "name": name,
+            "results": [{
+                "task": {"type": "image-classification", "name": "Facial expression recognition"},
+                "dataset": {"type": "fer2013", "name": "FER2013", "split": "PublicTest"},
+                "metrics": metrics,
+            }],
+        }],
+    }  # fmt: skip
+    return f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n"
+
+
+USAGE = """## Use
+```python
+from emotionnet import EmotionNet
+from emotionnet.inference.export import read_description
+
+model = EmotionNet.from_pretrained("{path}")  # eval mode, float32
+description = read_description("{path}")  # its preprocessing and class names
+logits = model(description.preprocessing(faces))  # faces: uint8 (N, 48, 48) grayscale crops
+```
+From the command line: `emotionnet-predict photo.jpg` finds and classifies the faces in a photo;
+`emotionnet-export {path} --format onnx` writes `model.onnx` for ONNX Runtime.
+"""
+
+
 def model_card(
-    run_dir: Path, config: dict, command: str, hardware: str, wall_minutes: float, figures: dict
+    run_dir: Path, config: dict, command: str, hardware: str, wall_minutes: float, figures: dict, bundle: str
 ) -> str:
     by_tta = "\n".join(f"| {tta} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} |" for tta, s in figures.items())
     per_class = "\n".join(
         f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
         for name, c in figures["tencrop"]["per_class"].items()
     )
-    return f"""# EmotionNet, FER2013: trained from scratch on {hardware}
+    card = f"""# EmotionNet, FER2013: trained from scratch on {hardware}
 
 Facial emotion recognition on 48x48 grayscale faces; classes: angry, disgust, fear, happy, sad,
 surprise, neutral. Weights: `model.safetensors` (fp16); `emotionnet.json` holds the model config,
 the preprocessing (resize to {config["model"]["input_size"]} px, scale to [0, 1], normalize) and the class names.
 
+{USAGE.format(path=f"models/{bundle}")}
 ## Training
 - Run `{run_dir.name}`: `{command}`
 - Data: FER2013 Training split (28,709 faces), trained from scratch (no ImageNet weights).
@@ -77,6 +123,7 @@ Per class, ten-crop TTA:
 ```yaml
 {yaml.safe_dump(config, sort_keys=False)}```
 """
+    return front_matter(bundle, figures) + card
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         staged = save_export(staging / "model", model.state_dict(), description.model,
                              description.preprocessing, description.metadata, dtype=torch.float16)  # fmt: skip
         figures = evaluate_bundle(staged, args.data, staged / CONFUSION_PNG)
-        card = model_card(args.run_dir, config, args.command, args.hardware, wall_minutes, figures)
+        card = model_card(
+            args.run_dir, config, args.command, args.hardware, wall_minutes, figures, args.out.name
+        )
         (staged / "MODEL_CARD.md").write_text(card)
         replace_directory(staged, args.out)
     finally:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from emotionnet.assets import BUNDLED_MODEL
@@ -39,6 +40,11 @@ def test_bundle_is_fp16_with_a_card_and_is_the_default_model_of_eval(tmp_path):
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "emotionnet-train --config tiny.yaml" in card and "| tencrop |" in card and "| disgust |" in card
     assert "on a test machine" in card
+    metadata = yaml.safe_load(card.split("---\n")[1])  # the front matter model hubs read
+    assert (
+        metadata["pipeline_tag"] == "image-classification" and metadata["model-index"][0]["name"] == "bundle"
+    )
+    assert 'EmotionNet.from_pretrained("models/bundle")' in card
     image = re.search(r"!\[[^]]*\]\(([^)]+)\)", card).group(1)  # the card shows its confusion matrix
     assert (bundle / image).stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle")) == []  # staging removed
