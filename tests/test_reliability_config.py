@@ -12,22 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from emotionnet.cli.train import run as train_run
 from emotionnet.config import loader
 from emotionnet.config.loader import ConfigError
 from emotionnet.config.recipes import load_train_config
 from emotionnet.config.schema import TrainConfig
 from emotionnet.data.loaders import usable_cpus
 from emotionnet.exit_codes import ExitCode
-from tests.training_utils import REPO_ROOT, TINY_CONFIG, prepared_synthetic
-
-PROG = "emotionnet-train:"
-
-
-def one_error_line(err: str) -> str:
-    assert "Traceback" not in err, err[-3000:]
-    (line,) = [line for line in err.splitlines() if line.startswith(PROG)]
-    return line
+from tests.test_reliability_train import one_error_line, train
+from tests.training_utils import REPO_ROOT, prepared_synthetic
 
 
 @pytest.mark.parametrize(
@@ -139,8 +131,7 @@ def test_an_invalid_optimizer_setting_fails_before_the_run_directory_is_created(
     tmp_path, data_dir, capsys, override, message
 ):
     output_dir = tmp_path / "out"
-    code, _ = train_run(["--config", str(TINY_CONFIG), f"data.data_dir={data_dir}", f"run.output_dir={output_dir}",
-                         "tracking.enabled=false", "--run_name", "r", override])  # fmt: skip
+    code, _ = train(data_dir, output_dir, "--run_name", "r", override)
     assert code == ExitCode.BAD_INPUT
     assert message in one_error_line(capsys.readouterr().err)
     assert not output_dir.exists()

@@ -16,12 +16,14 @@ import pytest
 from data_prep.manifest import Manifest
 from data_prep.schema import MANIFEST_NAME
 from emotionnet.cli.prep import main as prep_main
-from emotionnet.cli.train import run as train_run
 from emotionnet.data.loaders import load_splits
 from emotionnet.data.source import prepared_cache
 from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode
-from tests.training_utils import TINY_CONFIG, prepared_synthetic
+from tests.test_reliability_train import train
+from tests.training_utils import prepared_synthetic
+
+RUN = ("--run_name", "r", "run.max_steps=1")
 
 
 @pytest.fixture(scope="module")
@@ -92,20 +94,15 @@ def test_a_byte_flipped_in_the_pixels_fails_the_hash_check_of_prep_verify(prepar
     assert f"re-run `emotionnet-prep {Manifest.read(prepared).source.path} {prepared} --overwrite`" in line
 
 
-def _train(data_dir: Path, output_dir: Path, *overrides: str):
-    return train_run(["--config", str(TINY_CONFIG), f"data.data_dir={data_dir}", f"run.output_dir={output_dir}",
-                      "tracking.enabled=false", "--run_name", "r", "run.max_steps=1", *overrides])  # fmt: skip
-
-
 def test_a_training_run_checks_the_hashes_once_at_start_unless_told_not_to(prepared, tmp_path, capsys):
     shard = train_shard(prepared)
     flip_byte(shard, shard.stat().st_size // 2)
-    code, _ = _train(prepared, tmp_path / "out")
+    code, _ = train(prepared, tmp_path / "out", *RUN)
     assert code == ExitCode.BAD_INPUT
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"emotionnet-train: error: {shard}: its SHA-256 is not" in err
     assert not (tmp_path / "out" / "r").exists()  # refused before the run directory was made
-    code, _ = _train(prepared, tmp_path / "out", "data.verify_hashes=false")
+    code, _ = train(prepared, tmp_path / "out", *RUN, "data.verify_hashes=false")
     assert code == ExitCode.OK  # deliberately skipped: the flipped pixel trains
 
 
