@@ -4,9 +4,10 @@
         --command "emotionnet-launch ..." --hardware "a 2-core CPU"
 
 Writes fp16 safetensors + emotionnet.json (model config, preprocessing, class names), a MODEL_CARD.md
-(how the run was trained: command, hardware, resolved config, wall time; the bundled fp16 weights' own
-PublicTest (validation split) figures without TTA, with flip and with ten-crop TTA, per class) and the
-ten-crop confusion matrix it shows. The bundle is built in a sibling temp dir and moved into place only
+(opening with the YAML metadata model hubs read; how to load the model; how the run was trained:
+command, hardware, resolved config, wall time; the bundled fp16 weights' own PublicTest (validation
+split) figures without TTA, with flip and with ten-crop TTA, per class) and the ten-crop confusion
+matrix it shows. The bundle is built in a sibling temp dir and moved into place only
 when complete, so a failed evaluation leaves the previous bundle as it was.
 """
 
