@@ -133,6 +133,37 @@ def share_tree(root: Path) -> None:
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# How libraries that wrap the OS error word it: safetensors ("os error 28"), torch.save ("file write failed").
+_NO_ROOM_TEXT = ("No space left", "Disk quota exceeded", "File too large", "os error 28", "os error 122",
+                 "os error 27", "file write failed")  # fmt: skip
+
+
+def out_of_room(err: BaseException | None) -> bool:
+    """Whether a failed write ran out of room (a full disk, a quota, a file-size limit), whichever library
+    raised it: an OSError's errno, or the text of the errors that wrap one."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _NO_ROOM or any(t in str(err) for t in _NO_ROOM_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def no_room_message(path: Path, needed_bytes: int | None = None) -> str:
+    """One sentence for a write that ran out of room: where, how much is free there, how much it needs."""
+    where = next(p for p in (path, *path.parents) if p.exists())
+    free = shutil.disk_usage(where).free / 1e6
+    needed = f", about {needed_bytes / 1e6:.1f} MB needed" if needed_bytes else ""
+    return (
+        f"{path}: the write ran out of room ({free:.1f} MB free there{needed}; a full disk, a quota or a "
+        "file-size limit): free some space or write elsewhere"
+    )
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+
 def current_umask() -> int:
     """The process's umask: from /proc on Linux; elsewhere os.umask, which can only read it by setting it."""
     try:

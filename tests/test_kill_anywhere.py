@@ -1,11 +1,13 @@
 """A run survives a kill -9 at any moment, the end of the run included: killed inside a checkpoint write,
 the last validation, the `best/` export (before and after its swap), the `final/` export and the test
-evaluation, then resumed each time, it ends as the uninterrupted run ends. Also the export swap itself:
-readers never find no model, and what a crash leaves behind is recovered.
+evaluation, then resumed each time, it ends as the uninterrupted run ends. Also the export swap itself
+(readers never find no model; what a crash leaves behind is recovered), stop signals at start-up and
+during a checkpoint write, and a checkpoint that runs out of room.
 """
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from safetensors.torch import load_file
 from data_prep.files import exchange_directories, recover_staged, replace_directory
 from emotionnet.exit_codes import ExitCode
 from emotionnet.inference.export import load_export
+from emotionnet.train.checkpoint import verify_checkpoint
 from tests.training_utils import REPO_ROOT, TINY_CONFIG, read_jsonl, run, train_command, train_env
 
 KILLED_AT = REPO_ROOT / "tests" / "scripts" / "train_killed_at.py"
@@ -94,3 +97,62 @@ def test_recovery_puts_back_an_export_moved_aside_and_removes_staged_ones(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "final"]
     assert (tmp_path / "best" / "weights").read_text() == "old"
     assert (tmp_path / "final" / "weights").read_text() == "final"
+
+
+def _signalled(moments: str, run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(KILLED_AT), moments, str(run_dir), str(LAST_STEP), "--", "--config", str(TINY_CONFIG),
+         *args],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=train_env(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("sig", "code"), [("TERM", ExitCode.PREEMPTED), ("INT", ExitCode.INTERRUPTED)])
+def test_a_stop_signal_during_start_up_ends_the_run_cleanly(tmp_path, prepared_300, sig, code):
+    run_dir = tmp_path / "s"
+    done = _signalled(f"start-up:{sig}", run_dir, *_common(prepared_300, tmp_path, "s"))
+    assert done.returncode == code, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "emotionnet-train: " in done.stderr
+    assert not (run_dir / "run.lock").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_sighup_checkpoints_and_exits_75_like_sigterm(tmp_path, prepared_300):
+    run_dir = tmp_path / "h"
+    done = _signalled("first step:HUP", run_dir, *_common(prepared_300, tmp_path, "h"))
+    assert done.returncode == ExitCode.PREEMPTED, done.stderr[-3000:]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_00000001"]
+
+
+def test_a_second_ctrl_c_during_a_checkpoint_write_exits_130_and_leaves_no_temp_directory(
+    tmp_path, prepared_300
+):
+    run_dir = tmp_path / "c"
+    # The first Ctrl-C asks for a stop (a checkpoint, then exit 75); the second comes while it is written.
+    done = _signalled("first step:INT,checkpoint:INT", run_dir, *_common(prepared_300, tmp_path, "c"))
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert list((run_dir / "checkpoints").iterdir()) == []
+
+
+def _file_size_limit(nbytes: int):
+    """A per-file size limit for the child: past it a write fails (EFBIG) as it would on a full disk."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+
+def test_a_checkpoint_that_runs_out_of_room_is_one_line_and_the_previous_one_stays_intact(
+    tmp_path, prepared_300
+):
+    args = _common(prepared_300, tmp_path, "full")
+    first = run(train_command(*args, "run.max_steps=10"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    # The tiny model's checkpoint holds 370 KB of weights: at 300 KB per file the step-20 one cannot be written.
+    limited = subprocess.run(train_command(*args, "--resume", "latest"), capture_output=True, text=True,
+                             timeout=600, cwd=REPO_ROOT, env=train_env(), preexec_fn=_file_size_limit(300_000))  # fmt: skip
+    assert limited.returncode == ExitCode.BAD_INPUT, limited.stderr[-3000:]
+    assert "Traceback" not in limited.stderr
+    (line,) = [line for line in limited.stderr.splitlines() if line.startswith("emotionnet-train: ")]
+    checkpoints = tmp_path / "full" / "checkpoints"
+    assert f"{checkpoints / 'step_00000020'}: the write ran out of room" in line
+    assert f"the previous checkpoint {checkpoints / 'step_00000010'} is intact" in line
+    assert [p.name for p in checkpoints.iterdir()] == ["step_00000010"]
+    verify_checkpoint(checkpoints / "step_00000010", 1)

@@ -21,6 +21,7 @@ from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode
 from emotionnet.tracking.mlflow_tracker import build_trackers, local_store_uri, resolve_tracking_uri
 from emotionnet.tracking.redact import redact_tree
+from emotionnet.train.control import StopDuringStartUp
 from emotionnet.train.session import run_training
 from emotionnet.train.trainer import Trainer
 
@@ -45,6 +46,12 @@ def run(argv: list[str] | None = None) -> tuple[ExitCode, Trainer | None]:
         code, trainer = run_training(cfg, callbacks=build_trackers, redact=redact_tree)
     except UserError as err:
         return report_user_error(PROG, err), None
+    except StopDuringStartUp as stop:
+        print(f"{PROG}: {stop}; nothing to save: run the command again", file=sys.stderr)
+        return ExitCode.PREEMPTED, None
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED, None
     if code == ExitCode.OK and trainer.accelerator.is_main_process:
         print(closing_summary(trainer))
     return code, trainer

@@ -7,13 +7,14 @@ without the training code's config files.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from data_prep.files import replace_directory, staged_directory
+from data_prep.files import no_room_message, out_of_room, replace_directory, staged_directory
 from data_prep.schema import CLASS_NAMES
 from emotionnet.config.loader import ConfigError, build
 from emotionnet.data.preprocessing import Preprocessing
@@ -62,17 +63,24 @@ def save_export(
     """Write an export atomically: a sibling temp dir renamed over `directory` when complete."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staged_directory(directory)
     tensors = {
         k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in state_dict.items()
     }
-    save_file(tensors, tmp / WEIGHTS_NAME)
     # The weights are in the export: rebuilding it must not look for pretrained backbone files.
     description = ExportDescription(
         replace(model_config, pretrained=None), preprocessing, metadata=metadata or {}
     )
-    (tmp / DESCRIPTION_NAME).write_text(json.dumps(asdict(description), indent=2) + "\n")
+    tmp = staged_directory(directory)
+    try:
+        save_file(tensors, tmp / WEIGHTS_NAME)
+        (tmp / DESCRIPTION_NAME).write_text(json.dumps(asdict(description), indent=2) + "\n")
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if out_of_room(err):
+            needed = sum(t.numel() * t.element_size() for t in tensors.values())
+            raise ExportError(no_room_message(directory, needed)) from err
+        raise
     return replace_directory(tmp, directory)
 
 

@@ -23,7 +23,14 @@ from accelerate.utils import load as torch_load_plain_data
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data_prep.files import file_sha256, replace_directory, write_atomic
+from data_prep.files import (
+    file_sha256,
+    no_room_message,
+    out_of_room,
+    replace_directory,
+    tree_bytes,
+    write_atomic,
+)
 from emotionnet.errors import UserError
 from emotionnet.run_layout import RunLayout
 
@@ -224,6 +231,25 @@ class CheckpointManager:
         if self.accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        try:
+            self._write(tmp, step)
+        except BaseException as err:  # a second Ctrl-C, a full disk: no half-written temp dir stays behind
+            if self.accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if out_of_room(err):
+                previous = self.latest()
+                kept = f"; the previous checkpoint {previous} is intact" if previous else ""
+                raise CheckpointError(
+                    no_room_message(final, previous and tree_bytes(previous)) + kept
+                ) from err
+            raise
+        if self.accelerator.is_main_process:
+            replace_directory(tmp, final)  # a kill never leaves this step without a checkpoint
+            self._prune(protect)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _write(self, tmp: Path, step: int) -> None:
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp))
         self.accelerator.wait_for_everyone()
@@ -234,10 +260,6 @@ class CheckpointManager:
             state = {name: obj.state_dict() for name, obj in self.json_state.items()}
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1, sort_keys=True))
             write_manifest(tmp, step, self.accelerator.num_processes)
-            replace_directory(tmp, final)  # a kill never leaves this step without a checkpoint
-            self._prune(protect)
-        self.accelerator.wait_for_everyone()
-        return final
 
     def load(self, path: Path) -> None:
         """Restore everything `save` wrote from a verified checkpoint; CheckpointError (one line) when it

@@ -43,18 +43,48 @@ class NonFiniteLossError(UserError):
     exit_code = ExitCode.NONFINITE
 
 
-class StopRequest:
-    """SIGTERM / SIGUSR1 set a flag; the loop acts on it at the next step (one process) or the next sync
-    point (several: within about AGREE_EVERY_S seconds)."""
+class StopDuringStartUp(KeyboardInterrupt):
+    """A stop signal before training began: nothing to checkpoint, so the start-up ends at once (cleaning up
+    as Ctrl-C does) and the command exits PREEMPTED: run it again, or `--resume latest`."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    def __init__(self, signum: int):
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} during start-up, before any training step"
+        )
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGINT)
+
+
+@contextmanager
+def stop_signals_for_the_run() -> Iterator[None]:
+    """For a run's life: until `StopRequest` takes over, a stop signal raises StopDuringStartUp (Ctrl-C stays
+    KeyboardInterrupt); the caller's handlers are back afterwards."""
+
+    def handle(signum: int, _frame) -> None:
+        raise KeyboardInterrupt if signum == signal.SIGINT else StopDuringStartUp(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class StopRequest:
+    """SIGTERM, SIGUSR1, SIGHUP (a closed terminal) and a first SIGINT (Ctrl-C) set a flag; the loop acts on
+    it at the next step (one process) or the next sync point (several: within about AGREE_EVERY_S seconds).
+    A second SIGINT interrupts at once (KeyboardInterrupt: whatever was being written is removed)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        for sig in self.SIGNALS:
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame) -> None:
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
         self.signum = signum
 
     @property

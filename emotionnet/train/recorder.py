@@ -7,6 +7,7 @@ after the run's own copy is written, so a tracker that fails loses nothing the r
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
@@ -20,6 +21,8 @@ from emotionnet.evaluation.reports import (
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.train.callbacks import TrainerCallback, TrainerView
 from emotionnet.train.metrics_log import MetricsLog
+
+log = logging.getLogger(__name__)
 
 
 class RunRecorder:
@@ -66,6 +69,9 @@ class RunRecorder:
 
     def end(self, exit_code: int) -> None:
         if self.main:
-            write_training_curves(self.trainer.metrics_log.read(), self.trainer.layout.reports)
+            try:
+                write_training_curves(self.trainer.metrics_log.read(), self.trainer.layout.reports)
+            except OSError as err:  # e.g. the disk that just filled: the run's own error says so, once
+                log.warning("training curves not written: %s", err)
         for callback in self.callbacks:
             callback.on_end(self.trainer, exit_code)

@@ -21,7 +21,7 @@ from emotionnet.exit_codes import ExitCode
 from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.components import build_accelerator
-from emotionnet.train.control import NonFiniteLossError
+from emotionnet.train.control import NonFiniteLossError, stop_signals_for_the_run
 from emotionnet.train.run_dir import (
     ResolvedRun,
     check_output_dir,
@@ -43,6 +43,11 @@ def run_training(
     checkpoint raises a UserError (ConfigError, DataSourceError, RunDirError, CheckpointError; RunBusyError
     when another live run holds the run directory) before anything is trained; a NaN/Inf loss raises
     NonFiniteLossError after the callbacks were told (exit NONFINITE)."""
+    with stop_signals_for_the_run():
+        return _run_training(cfg, callbacks, redact)
+
+
+def _run_training(cfg: TrainConfig, callbacks: CallbackFactory, redact: Redactor) -> tuple[ExitCode, Trainer]:
     if cfg.run.num_threads is not None:
         torch.set_num_threads(cfg.run.num_threads)
     accelerator = build_accelerator(cfg)

@@ -284,8 +284,8 @@ class Trainer:
 
     def _save_checkpoint(self) -> Path:
         self.control.record_budget()
-        self.progress.logged_records = self.metrics_log.count
         self.progress.skipped_steps += self.skips.take()
+        self.progress.logged_records = self.metrics_log.count
         return self.checkpoints.save(self.progress.step, protect=self.progress.best_step)
 
     def _preempt(self) -> ExitCode:

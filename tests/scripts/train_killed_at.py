@@ -1,7 +1,8 @@
-"""Test launcher target: `emotionnet-train`, SIGKILLed by itself at one named moment of the run.
+"""Test launcher target: `emotionnet-train`, signalled by itself at named moments of the run.
 
-    python tests/scripts/train_killed_at.py MOMENT RUN_DIR LAST_STEP -- <emotionnet-train arguments>
+    python tests/scripts/train_killed_at.py MOMENT[:SIGNAL][,...] RUN_DIR LAST_STEP -- <emotionnet-train args>
 
+SIGNAL defaults to KILL; each moment signals once.
 The moments are the windows a kill -9 from outside can only hit by luck: inside a checkpoint write, the
 last validation, the `best/` export before and after its swap, the `final/` export and the test
 evaluation. "The final phase" begins once the checkpoint of LAST_STEP exists. Nothing else is changed:
@@ -19,27 +20,31 @@ import data_prep.files
 import emotionnet.evaluation.run_evaluator
 import emotionnet.inference.export
 import emotionnet.train.checkpoint
+import emotionnet.train.trainer
 from emotionnet.cli.train import main
 
 
-def kill_inside(module, name: str, when, after: bool = False) -> None:
-    """SIGKILL this process when `module.name` is called with arguments for which `when` holds (before
-    the call, or just after it returned)."""
+def signal_inside(module, name: str, when, after: bool, signum: int) -> None:
+    """Send `signum` to this process the first time `module.name` is called with arguments for which `when`
+    holds (before the call, or just after it returned)."""
     original = getattr(module, name)
+    fired = []
 
     def wrapper(*args, **kwargs):
-        hit = when(*args, **kwargs)
-        if hit and not after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        result = original(*args, **kwargs)
+        hit = not fired and when(*args, **kwargs)
         if hit:
-            os.kill(os.getpid(), signal.SIGKILL)
+            fired.append(True)
+            if not after:
+                os.kill(os.getpid(), signum)
+        result = original(*args, **kwargs)
+        if hit and after:
+            os.kill(os.getpid(), signum)
         return result
 
     setattr(module, name, wrapper)
 
 
-def arm(moment: str, run_dir: Path, last_step: int) -> None:
+def arm(moment: str, run_dir: Path, last_step: int, signum: int) -> None:
     def final_phase() -> bool:
         return (run_dir / "checkpoints" / f"step_{last_step:08d}").is_dir()
 
@@ -47,6 +52,8 @@ def arm(moment: str, run_dir: Path, last_step: int) -> None:
         return lambda staged, directory: directory.name == name and final_phase()
 
     moments = {
+        "start-up": (emotionnet.train.trainer, "build_components", lambda *a: True, False),
+        "first step": (emotionnet.train.trainer.Trainer, "train_step", lambda *a: True, False),
         # inside the first periodic checkpoint's write, before its manifest
         "checkpoint": (emotionnet.train.checkpoint, "write_manifest", lambda d, step, n: step < last_step, False),
         "last validation": (emotionnet.evaluation.run_evaluator, "score", lambda *a, **k: final_phase(), False),
@@ -62,11 +69,13 @@ def arm(moment: str, run_dir: Path, last_step: int) -> None:
         ),
     }  # fmt: skip
     module, name, when, after = moments[moment]
-    kill_inside(module, name, when, after)
+    signal_inside(module, name, when, after, signum)
 
 
 if __name__ == "__main__":
-    moment, run_dir, last_step, separator, *train_args = sys.argv[1:]
-    assert separator == "--", "usage: train_killed_at.py MOMENT RUN_DIR LAST_STEP -- ARGS"
-    arm(moment, Path(run_dir), int(last_step))
+    moments, run_dir, last_step, separator, *train_args = sys.argv[1:]
+    assert separator == "--", "usage: train_killed_at.py MOMENT[:SIGNAL][,...] RUN_DIR LAST_STEP -- ARGS"
+    for spec in moments.split(","):
+        moment, _, name = spec.partition(":")
+        arm(moment, Path(run_dir), int(last_step), signal.Signals[f"SIG{name or 'KILL'}"])
     sys.exit(main(train_args))
