@@ -87,3 +87,31 @@ def test_compiled_two_process_run(tmp_path, launch, label):
     assert all(torch.equal(params[0][k], params[1][k]) for k in params[0])
     model, _ = load_export(tmp_path / "c" / "final")
     assert not any(name.startswith("_orig_mod") for name in model.state_dict())
+
+
+def test_compiled_run_evaluates_without_compiling(tmp_path, fresh_accelerator_state):
+    """Evaluation (eval mode, no grad, batches of 32 and a short last one) compiles nothing, epoch after
+    epoch: training's graphs are all dynamo ever builds."""
+    from torch._dynamo.utils import counters
+
+    from tests.host_sync import tiny_trainer
+
+    data = prepared_synthetic(tmp_path / "data", rows=200, seed=7)  # 20 validation rows: one short batch
+    torch._dynamo.reset()
+    trainer = tiny_trainer(data, tmp_path / "out", "run.compile=true", "run.compile_backend=eager",
+                           "run.max_steps=30", "data.num_workers=0")  # fmt: skip
+    evaluate, during_evaluation = trainer.evaluator.model, []
+
+    def counted(*args, **kwargs):
+        before = sum(counters["stats"].values()), sum(counters["recompiles"].values())
+        result = evaluate(*args, **kwargs)
+        during_evaluation.append(
+            (sum(counters["stats"].values()) - before[0], sum(counters["recompiles"].values()) - before[1])
+        )
+        return result
+
+    trainer.evaluator.model = counted
+    trainer.fit()
+    assert counters["stats"]["unique_graphs"] > 0  # training was compiled
+    assert len(during_evaluation) == 2  # 16 steps an epoch: two epoch ends
+    assert during_evaluation == [(0, 0), (0, 0)]

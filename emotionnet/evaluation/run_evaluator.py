@@ -42,8 +42,12 @@ class RunEvaluator:
         self.loaders = dict(prepared)  # split -> prepared loader, made on first use
 
     @torch.no_grad()
+    # A compiled model runs its eager code here: eval mode, no grad, the evaluation batch and a short last
+    # batch would each be new graphs (and, with CUDA graphs, new recordings) at every validation.
+    @torch.compiler.set_stance("force_eager")
     def model(self, model: nn.Module, split: str, tta: TTAMode = "none") -> EvalResult:
-        """The live model (left in the mode it was in); inputs in its parameters' dtype (DeepSpeed's)."""
+        """The live model (left in the mode it was in), uncompiled; inputs in its parameters' dtype
+        (DeepSpeed's)."""
         was_training = model.training
         model.eval()
         dtype = next(model.parameters()).dtype
