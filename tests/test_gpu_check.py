@@ -78,6 +78,7 @@ def test_kit_size_check_fails_clearly_over_budget(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # each check runs under a time limit
 def test_cpu_dry_run_reports_every_check_and_none_failed(tmp_path):
     out = tmp_path / "out"
     # No kit (as in CI): synthetic data; the installer finds everything already there.

@@ -84,6 +84,7 @@ def test_a_resume_counts_the_budget_spent_before_it():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_slow_warm_up_does_not_end_the_real_trainer_early(tmp_path, monkeypatch):
     """The real Trainer with its warm-up made 6x slower by a sleep: its fit ends within 5% of the budget."""
     data = prepared_synthetic(tmp_path / "data", rows=1200, seed=3)
