@@ -28,7 +28,7 @@ from emotionnet.exit_codes import ExitCode
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.checkpoint import CheckpointError, verify_checkpoint, write_manifest
 from emotionnet.train.metrics_log import MetricsLog, MetricsLogError
-from emotionnet.train.run_lock import RunLock
+from emotionnet.train.run_lock import RunBusyError, RunLock
 from emotionnet.train.session import run_training
 from tests.training_utils import REPO_ROOT, TINY_CONFIG, prepared_synthetic, run, train_command, train_env
 
@@ -209,6 +209,29 @@ def test_a_lock_whose_holder_exited_is_stale_and_taken_over(tmp_path, caplog):
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert any(f"pid {dead_pid}" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "run.lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("lock_job", "lock_attempt", "taken_over"),
+    [("77", 0, True), ("77", 1, False), ("78", 0, False), (None, 0, False)],
+    ids=["an earlier attempt of this job", "this attempt", "another job", "no job"],
+)
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_attempt_on_another_node(
+    tmp_path, monkeypatch, caplog, lock_job, lock_attempt, taken_over
+):
+    # The killed attempt ran on a node this one cannot check: only the job id and attempt tell it is gone.
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    lock = {"host": "node-that-died", "pid": 4242, "started": int(time.time()), "slurm_job": lock_job,
+            "slurm_attempt": lock_attempt}  # fmt: skip
+    (tmp_path / "run.lock").write_text(json.dumps(lock))
+    if not taken_over:
+        with pytest.raises(RunBusyError, match="node-that-died"):
+            RunLock(tmp_path).acquire()
+        return
+    with caplog.at_level(logging.WARNING), RunLock(tmp_path) as held:
+        assert json.loads(held.path.read_text())["slurm_attempt"] == 1
+    assert any("an earlier attempt of SLURM job 77" in r.getMessage() for r in caplog.records)
 
 
 # ---- 9, 10: verified checkpoints ----------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The lock names its holder (host, pid, process start time). It appears atomically with its content (a
 hard link of a complete temp file, which fails if the lock exists), so a reader never sees a half-written
 one. A lock whose holder has ended on this host (a killed run: SIGKILL runs no cleanup) is stale and is
-taken over with a warning; a holder on another host cannot be checked from here and is assumed alive.
+taken over with a warning; so is the lock of an earlier attempt of this SLURM job (a requeued job, whose
+killed attempt may have run on another node: SLURM runs one attempt of a job at a time). Any other holder
+on another host cannot be checked from here and is assumed alive.
 """
 
 from __future__ import annotations
@@ -34,11 +36,23 @@ class LockHolder:
     host: str
     pid: int
     started: int  # process start time (s since the epoch): tells a reused pid from the holder
+    slurm_job: str | None = None  # SLURM_JOB_ID, when the holder runs in a SLURM job
+    slurm_attempt: int = 0  # SLURM_RESTART_COUNT: how many times that job was requeued
 
     @classmethod
     def this_process(cls) -> LockHolder:
         host, pid, started = owner_tag().rsplit("-", 2)
-        return cls(host, int(pid), int(started))
+        attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
+        job = os.environ.get("SLURM_JOB_ID")
+        return cls(host, int(pid), int(started), job, int(attempt) if attempt.isdigit() else 0)
+
+    def earlier_attempt_of(self, other: LockHolder) -> bool:
+        """This holder ran in an earlier attempt of `other`'s SLURM job (requeued since)."""
+        return (
+            self.slurm_job is not None
+            and self.slurm_job == other.slurm_job
+            and self.slurm_attempt < other.slurm_attempt
+        )
 
     @classmethod
     def read(cls, path: Path) -> LockHolder | None:
@@ -80,10 +94,12 @@ class RunLock:
                 raise RunBusyError(
                     f"{self.path} names no run (unreadable); remove it if no run is using {self.run_dir}"
                 )
-            if not owner_is_gone(holder.host, holder.pid, holder.started):
+            requeued = holder.earlier_attempt_of(self.holder)
+            if not requeued and not owner_is_gone(holder.host, holder.pid, holder.started):
                 raise RunBusyError(self._busy_message(holder))
             if self._take_over(holder):
-                log.warning("took over %s from %s, which has ended (a killed run)", self.path, holder)
+                why = f"an earlier attempt of SLURM job {holder.slurm_job}" if requeued else "which has ended"
+                log.warning("took over %s from %s, %s (a killed run)", self.path, holder, why)
         raise RunBusyError(f"{self.run_dir}: another run is starting in it at the same time")
 
     def release(self) -> None:

@@ -1,7 +1,8 @@
 """Training through `emotionnet-launch slurm` on the real two-node test cluster.
 
 CPU jobs (gloo) with the tiny config: a job that prepares synthetic data and trains; a job that spans both
-nodes; a job that is preempted with SIGUSR1, checkpoints, requeues itself and finishes the same run.
+nodes; a job that is preempted with SIGUSR1, checkpoints, requeues itself and finishes the same run; a job
+SIGKILLed and requeued onto the other node, which takes over its earlier attempt's lock and finishes.
 """
 
 from __future__ import annotations
@@ -179,3 +180,36 @@ def test_preempted_job_checkpoints_requeues_itself_and_finishes_the_same_run(
     assert sorted(m.step for m in client.get_metric_history(record["run_id"], "train/loss")) == list(
         range(10, 61, 10)
     )
+
+
+def test_a_job_killed_with_sigkill_and_requeued_onto_the_other_node_resumes_and_finishes(
+    slurm_cluster: SlurmCluster, tmp_path: Path, prepared: Path
+) -> None:
+    # 400 train rows / 8 = 50 steps an epoch: the kill lands after the first checkpoint, long before step 200.
+    job = launch(
+        tmp_path, "--job-name", "killed", "--cpu", "--processes-per-node", "1",
+        "--config", TINY, f"data.data_dir={prepared}", "run.max_steps=200", "checkpoint.every_steps=10",
+        *FAST, *NO_TRACKING,
+    )  # fmt: skip
+    job_id, run_dir = job["train_job"], Path(job["run_dir"])
+    wait_for(
+        lambda: (run_dir / "checkpoints" / "step_00000010").is_dir(), JOB_TIMEOUT_S, "the first checkpoint"
+    )
+    first_node = slurm_cluster.job_info(job_id)["NodeList"]
+    # As a node failure or the end of KillWait would: every process of the job dies, no handler runs.
+    subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True, timeout=30)
+    slurm_cluster.wait(job_id, timeout=JOB_TIMEOUT_S)
+    assert (run_dir / "run.lock").exists(), "a SIGKILLed run leaves its lock"
+    other_node = {"node1": "node2", "node2": "node1"}[first_node]
+    for command in (["requeuehold", job_id], ["update", f"JobId={job_id}", f"ExcNodeList={first_node}"],
+                    ["release", job_id]):  # fmt: skip
+        subprocess.run(["scontrol", *command], check=True, timeout=30)
+
+    assert slurm_cluster.wait(job_id, timeout=JOB_TIMEOUT_S) == "COMPLETED"
+    info = slurm_cluster.job_info(job_id)
+    assert info["NodeList"] == other_node and info["Restarts"] == "1"
+    log = Path(job["log"]).read_text()
+    assert f"an earlier attempt of SLURM job {job_id}" in log
+    assert re.search(r"resumed from \S+step_\d+ at step (\d+)", log) and "training finished" in log
+    assert train_steps(run_dir) == list(range(10, 201, 10))
+    assert (run_dir / "final").is_dir() and not (run_dir / "run.lock").exists()
