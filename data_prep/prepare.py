@@ -12,6 +12,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from data_prep.csv_source import DEFAULT_BLOCK_BYTES, CsvSource
+from data_prep.files import no_room_message, out_of_room
 from data_prep.image_folder import ImageFolderSource
 from data_prep.manifest import PREP_VERSION, Manifest, SplitStats
 from data_prep.records import BadRow, PrepError
@@ -74,6 +75,8 @@ def prepare(input_path: str | Path, output_dir: str | Path, options: PrepOptions
     try:
         return _prepare(Path(input_path), Path(output_dir), options)
     except OSError as err:
+        if out_of_room(err):  # Arrow's wording names no file: say where, and how much room there is
+            raise PrepError(f"{no_room_message(Path(output_dir))}; nothing was written") from err
         raise PrepError(f"{err.filename or output_dir}: {err.strerror or err}; nothing was written") from err
 
 

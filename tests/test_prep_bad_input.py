@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -16,6 +19,7 @@ from data_prep.manifest import Manifest
 from data_prep.prepare import BadRowsError, PrepOptions, prepare
 from data_prep.records import PrepError
 from data_prep.schema import MANIFEST_NAME, SPLITS
+from data_prep.synth import write_synthetic_csv
 from emotionnet.cli.prep import main
 
 
@@ -328,3 +332,18 @@ def test_the_quarantine_hint_names_what_the_caller_has(synth_csv, tmp_path, caps
             tmp_path / "out",
             PrepOptions(progress=False, bad_rows_hint="or train with --data_dir DIR"),
         )
+
+
+def test_a_prep_that_runs_out_of_room_names_the_output_and_leaves_nothing(tmp_path):
+    csv = write_synthetic_csv(tmp_path / "s.csv", rows=2000, seed=0)
+    out = tmp_path / "out"
+
+    def limit_file_size() -> None:  # past 200 KB a write fails (EFBIG) as it would on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    done = subprocess.run([sys.executable, "-m", "emotionnet.cli.prep", str(csv), str(out)], capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit_file_size)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"emotionnet-prep: error: {out}: the write ran out of room" in done.stderr
+    assert "nothing was written" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
