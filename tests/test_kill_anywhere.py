@@ -156,3 +156,36 @@ def test_a_checkpoint_that_runs_out_of_room_is_one_line_and_the_previous_one_sta
     assert f"the previous checkpoint {checkpoints / 'step_00000010'} is intact" in line
     assert [p.name for p in checkpoints.iterdir()] == ["step_00000010"]
     verify_checkpoint(checkpoints / "step_00000010", 1)
+
+
+def test_an_export_that_runs_out_of_room_is_one_line_and_the_previous_export_stays(tmp_path):
+    # In a child limited to 100 KB per file: the export's weights (about 380 KB) cannot be written.
+    script = f"""
+import resource, sys
+from pathlib import Path
+import torch
+from emotionnet.data.preprocessing import Preprocessing
+from emotionnet.errors import UserError
+from emotionnet.inference.export import save_export
+from emotionnet.model.emotionnet import EmotionNet, ModelConfig
+config = ModelConfig(backbone_stages=3, d_model=32, depth=1, heads=2, spatial_heads=2, head_hidden=32)
+model = EmotionNet(config)
+best = Path({str(tmp_path / "best")!r})
+save_export(best, {{"only": torch.zeros(4)}}, config, Preprocessing())
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    save_export(best, model.state_dict(), config, Preprocessing())
+except UserError as err:
+    print(err)
+    sys.exit(2)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert (
+        done.stdout.startswith(f"{tmp_path / 'best'}: the write ran out of room (")
+        and "MB needed" in done.stdout
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # the old export, no staged leftovers
+    assert list(load_file(tmp_path / "best" / "model.safetensors")) == ["only"]
