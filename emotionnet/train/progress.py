@@ -1,8 +1,14 @@
-"""Counters of a training run that must survive a restart (saved as JSON with every checkpoint)."""
+"""Counters of a training run that must survive a restart (saved as JSON with every checkpoint), and the
+progress bar that shows them."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
+
+from tqdm.auto import tqdm
 
 # Absent from checkpoints written before they existed: such a checkpoint resumes with their defaults.
 ADDED_LATER = ("budget_spent_s", "validated_step", "logged_records")
@@ -32,3 +38,14 @@ class TrainerProgress:
             if type(state[key]) is not kind:
                 raise ValueError(f"trainer progress {key}={state[key]!r} is not a {kind.__name__}")
             setattr(self, key, state[key])
+
+
+@contextmanager
+def step_bar(total_steps: float, step: int, show: bool) -> Iterator[tqdm]:
+    """The training steps' bar (no total while a time budget has not planned one yet)."""
+    bar = tqdm(total=total_steps if total_steps < math.inf else None, initial=step, disable=not show,
+               desc="train", dynamic_ncols=True, unit="step")  # fmt: skip
+    try:
+        yield bar
+    finally:
+        bar.close()  # before any error message, so it starts on a line of its own

@@ -22,6 +22,7 @@ from emotionnet.train.checkpoint import (
     latest_valid_checkpoint,
     verify_checkpoint,
 )
+from emotionnet.train.progress import TrainerProgress
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +144,14 @@ def exported_step(export: Path) -> int | None:
     except ExportError:
         return None
     return step if isinstance(step, int) else None
+
+
+def forget_a_best_not_exported(progress: TrainerProgress, best: Path) -> None:
+    """After a resume: when `best` is not the export of the checkpoint's best step (it came from work being
+    redone, or is gone), the next validation exports afresh rather than compete with a score whose model
+    is not there."""
+    if progress.best_step >= 0 and exported_step(best) != progress.best_step:
+        log.warning(
+            "%s is not the export of step %d: the next validation replaces it", best, progress.best_step
+        )
+        progress.best_accuracy = -1.0

@@ -9,7 +9,6 @@ gradient sync (one CPU, DDP or DeepSpeed ZeRO-2/3).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import socket
@@ -27,20 +26,19 @@ from emotionnet.config.schema import TrainConfig
 from emotionnet.evaluation.result import EvalResult
 from emotionnet.evaluation.run_evaluator import RunEvaluator
 from emotionnet.exit_codes import ExitCode
-from emotionnet.inference.export import save_export
 from emotionnet.run_layout import RunLayout
 from emotionnet.train.callbacks import TrainerCallback
 from emotionnet.train.checkpoint import CheckpointManager
 from emotionnet.train.components import build_components, eval_loader, global_batch, schedule_steps
 from emotionnet.train.control import RunControl
 from emotionnet.train.environment import describe_environment
+from emotionnet.train.exporter import ModelExporter
 from emotionnet.train.loss_window import LossWindow
 from emotionnet.train.metrics_log import MetricsLog
 from emotionnet.train.optim import SkippedSteps, snapshot_steps
-from emotionnet.train.progress import TrainerProgress
+from emotionnet.train.progress import TrainerProgress, step_bar
 from emotionnet.train.recorder import RunRecorder
-from emotionnet.train.replicas import broadcast_buffers, deepspeed_fp32_state
-from emotionnet.train.run_dir import exported_step
+from emotionnet.train.run_dir import forget_a_best_not_exported
 from emotionnet.train.run_identity import run_identity
 
 log = logging.getLogger(__name__)
@@ -93,6 +91,7 @@ class Trainer:
             len(self.splits["validation"]),
             last_checkpoint=self.checkpoints.latest,
         )
+        self.exporter = ModelExporter(accelerator, self.parts, cfg.model)
         self.evaluator = RunEvaluator(
             accelerator,
             self.splits,
@@ -131,15 +130,7 @@ class Trainer:
                     "resumed from %s at step %d (dropped %d later log records)", checkpoint, p.step, dropped
                 )
         self.accelerator.wait_for_everyone()
-        if p.best_step >= 0 and exported_step(self.layout.best) != p.best_step:
-            # best/ is not the export this state chose (it came from work being redone, or is gone): the
-            # next validation exports afresh rather than compete with a score whose model is not there.
-            log.warning(
-                "%s is not the export of step %d: the next validation replaces it",
-                self.layout.best,
-                p.best_step,
-            )
-            p.best_accuracy = -1.0
+        forget_a_best_not_exported(p, self.layout.best)
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -148,7 +139,8 @@ class Trainer:
         self.recorder.start(self.parts.preprocessing)
         p, control = self.progress, self.control
         window = LossWindow(self.accelerator.device)
-        with self._progress_bar() as bar:
+        with step_bar(control.total_steps, p.step, self.accelerator.is_main_process) as bar:
+            control.on_plan = lambda total_steps: setattr(bar, "total", total_steps)
             control.start()
             while not control.finished:
                 epoch_finished = True
@@ -264,7 +256,7 @@ class Trainer:
 
     def _validate(self) -> None:
         p = self.progress
-        self._share_buffers()
+        self.exporter.share_buffers()
         result = self.evaluator.model(self.parts.eval_model, "validation")
         self.recorder.report("validation", "validation", result)
         if self.accelerator.is_main_process:
@@ -300,23 +292,6 @@ class Trainer:
 
     # ---- logging, reports, exports --------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _progress_bar(self):
-        total = self.control.total_steps
-        bar = tqdm(
-            total=total if total < math.inf else None,
-            initial=self.progress.step,
-            disable=not self.accelerator.is_main_process,
-            desc="train",
-            dynamic_ncols=True,
-            unit="step",
-        )
-        self.control.on_plan = lambda total_steps: setattr(bar, "total", total_steps)
-        try:
-            yield bar
-        finally:
-            bar.close()  # before any error message, so it starts on a line of its own
-
     def _log_train(self, window: LossWindow, bar: tqdm) -> None:
         loss, images_per_s = window.flush(self.accelerator)
         lr = self.parts.scheduler.get_last_lr()[0]
@@ -330,27 +305,7 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
 
     def export(self, path: Path, metadata: dict) -> Path:
-        """Write an export to `path` (safetensors + description); gathers DeepSpeed's fp32 master weights (ZeRO-3:
-        their shards) on all ranks."""
-        self._share_buffers()
-        if self.parts.ema is not None:
-            state = self.parts.ema.module.state_dict()
-        elif self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            state = deepspeed_fp32_state(self.parts.model)
-        else:
-            state = self.accelerator.get_state_dict(self.parts.model)
-        if self.accelerator.is_main_process:
-            state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
-            save_export(path, state, self.cfg.model, self.parts.preprocessing, metadata)
-        self.accelerator.wait_for_everyone()
-        return path
-
-    def _share_buffers(self) -> None:
-        """Rank 0's BatchNorm statistics everywhere: each rank updated its own (DeepSpeed never syncs them, DDP
-        only before each forward), and every rank must evaluate and export the same model."""
-        broadcast_buffers(self.accelerator.unwrap_model(self.parts.model))
-        if self.parts.ema is not None:
-            broadcast_buffers(self.parts.ema.module)
+        return self.exporter.export(path, metadata)
 
     def export_final(self) -> Path:
         return self.export(self.layout.final, {"step": self.progress.step, "epoch": self.progress.epoch})
