@@ -113,6 +113,8 @@ def test_deepspeed_zero2_two_processes_learns_saves_and_resumes(tmp_path, small_
     assert (run_dir / "checkpoints" / "step_00000090").is_dir()
     losses = _train_losses(run_dir)
     assert losses[-1] < losses[0] - 0.1, losses
+    train = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"] == "train"]
+    assert all(r.get("train/grad_norm", 0) > 0 for r in train)  # DeepSpeed's global norm, logged
 
 
 @pytest.mark.deepspeed
