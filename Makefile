@@ -21,14 +21,15 @@ demo: install
 	$(BIN)/emotionnet-synth demo/fer_synth.csv --rows 3000 --seed 0
 	$(BIN)/emotionnet-train --config demo
 
-# Two workers (pytest-xdist), then the tests that measure wall time alone; both parts always run.
+# Two workers (pytest-xdist), then alone the tests that measure wall time or own the SLURM test cluster
+# (marker serial); both parts always run.
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not serial"; parallel=$$?; \
+	$(BIN)/python -m pytest -q -n 2 -m "not serial"; parallel=$$?; \
 	$(BIN)/python -m pytest -q -m serial; serial=$$?; \
 	test $$parallel -eq 0 -a $$serial -eq 0
 
 test-quick: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 lint:
 	$(BIN)/ruff check .

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from data_prep.files import replace_directory
 from emotionnet.cli import eval as eval_cli
-from emotionnet.inference.export import load_export, replace_directory, save_export
+from emotionnet.inference.export import load_export, save_export
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TTA_MODES = ("none", "flip", "tencrop")

@@ -16,20 +16,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FER_CSV = REPO_ROOT.parent / "shared" / "fer2013" / "fer2013_dev.csv.gz"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `pytest -n 2 --dist loadgroup` (`make test`): launches of several processes, the SLURM tests
-    among them, run one at a time on one worker (two would oversubscribe 2 cores fourfold, and the test
-    cluster serves one pytest process at a time)."""
-    for item in items:
-        if (
-            item.get_closest_marker("distributed")
-            or item.get_closest_marker("deepspeed")
-            or "slurm" in item.path.parts
-        ):
-            item.add_marker(pytest.mark.xdist_group("processes"))
-
-
 @pytest.fixture(autouse=True)
 def _isolate_mlflow_tracking_uri():
     """`mlflow.set_tracking_uri` (called by in-process training) also sets MLFLOW_TRACKING_URI in

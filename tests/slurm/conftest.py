@@ -35,6 +35,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.slurm)
+            # One pytest process at a time owns the test cluster: `make test` runs these after its parallel part.
+            item.add_marker(pytest.mark.serial)
 
 
 def _unavailable(reason: str) -> NoReturn:
