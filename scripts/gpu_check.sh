@@ -205,7 +205,8 @@ else
   run_check data 240 check_data &
   DATA_PID=$!
 fi
-run_check pytest_gpu $([[ $MODE == full ]] && echo 300 || echo 170) check_pytest
+# Sized for test_precision.py: an eager run and two compilations (minutes each on a cold cache).
+run_check pytest_gpu $([[ $MODE == full ]] && echo 420 || echo 240) check_pytest
 [[ -z $CHECKS || ,$CHECKS, == *,pytest_gpu,* ]] && report junit "$WORK"/junit_*.xml
 run_check bench_gpu_b8 180 check_bench_gpu bench_gpu_b8 8
 if [[ $MODE != quick ]]; then
