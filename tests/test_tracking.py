@@ -150,9 +150,10 @@ def test_run_against_server_is_complete(data_dir, tmp_path, mlflow_server, no_tr
     assert run.info.status == "FINISHED"
     assert RunRecord.read(trainer.run_dir).run_id == run_id
 
-    # params: the whole resolved config, flattened
+    # params: the whole resolved config, flattened, and what the launch derived from it (lr, global batch)
     expected = {k: str(v) for k, v in config_loader.flatten(config_loader.to_dict(trainer.cfg)).items()}
-    assert run.data.params == expected
+    assert run.data.params == {**expected, **trainer.resolved}
+    assert trainer.resolved.keys() == {"optim.resolved_lr", "data.global_batch"}
     assert run.data.params["optim.lr"] == "0.003"
 
     tags = run.data.tags

@@ -185,10 +185,11 @@ def test_preempted_job_checkpoints_requeues_itself_and_finishes_the_same_run(
 def test_a_job_killed_with_sigkill_and_requeued_onto_the_other_node_resumes_and_finishes(
     slurm_cluster: SlurmCluster, tmp_path: Path, prepared: Path
 ) -> None:
-    # 400 train rows / 8 = 50 steps an epoch: the kill lands after the first checkpoint, long before step 200.
+    # 400 train rows / 8 = 50 steps an epoch, 8 epochs: the kill lands after the first checkpoint, long before
+    # the end.
     job = launch(
         tmp_path, "--job-name", "killed", "--cpu", "--processes-per-node", "1",
-        "--config", TINY, f"data.data_dir={prepared}", "run.max_steps=200", "checkpoint.every_steps=10",
+        "--config", TINY, f"data.data_dir={prepared}", "run.num_epochs=8", "checkpoint.every_steps=10",
         *FAST, *NO_TRACKING,
     )  # fmt: skip
     job_id, run_dir = job["train_job"], Path(job["run_dir"])
@@ -196,8 +197,9 @@ def test_a_job_killed_with_sigkill_and_requeued_onto_the_other_node_resumes_and_
         lambda: (run_dir / "checkpoints" / "step_00000010").is_dir(), JOB_TIMEOUT_S, "the first checkpoint"
     )
     first_node = slurm_cluster.job_info(job_id)["NodeList"]
-    # As a node failure or the end of KillWait would: every process of the job dies, no handler runs.
-    subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True, timeout=30)
+    # As a node failure would: the job's processes die at once, no handler runs (scancel would send SIGTERM
+    # first, which the run answers with a checkpoint and a clean exit).
+    subprocess.run(["pkill", "-KILL", "-f", f"run_name {run_dir.name}"], check=True, timeout=30)
     slurm_cluster.wait(job_id, timeout=JOB_TIMEOUT_S)
     assert (run_dir / "run.lock").exists(), "a SIGKILLed run leaves its lock"
     other_node = {"node1": "node2", "node2": "node1"}[first_node]
@@ -211,5 +213,5 @@ def test_a_job_killed_with_sigkill_and_requeued_onto_the_other_node_resumes_and_
     log = Path(job["log"]).read_text()
     assert f"an earlier attempt of SLURM job {job_id}" in log
     assert re.search(r"resumed from \S+step_\d+ at step (\d+)", log) and "training finished" in log
-    assert train_steps(run_dir) == list(range(10, 201, 10))
+    assert train_steps(run_dir) == list(range(10, 401, 10))
     assert (run_dir / "final").is_dir() and not (run_dir / "run.lock").exists()
