@@ -16,7 +16,13 @@ from emotionnet.config.schema import OptimConfig, TrainConfig
 from emotionnet.inference.export import load_export
 from emotionnet.train.components import build_accelerator
 from emotionnet.train.optim import create_optimizer
-from tests.training_utils import accelerate_command, prepared_synthetic, run, train_command
+from tests.training_utils import (
+    ZERO3_PARTITION_ALL,
+    accelerate_command,
+    prepared_synthetic,
+    run,
+    train_command,
+)
 
 COMPILED = ("run.compile=true", "run.compile_backend=eager", "tracking.enabled=false")
 
@@ -71,11 +77,14 @@ def test_fused_adamw_on_request():
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("launch", "label"),
-    [("cpu_multiprocess.yaml", "ddp"), pytest.param("deepspeed_zero2.yaml", "deepspeed-zero2", marks=pytest.mark.deepspeed)],
-    ids=["ddp", "zero2"],
+    [("cpu_multiprocess.yaml", "ddp"), pytest.param("deepspeed_zero2.yaml", "deepspeed-zero2", marks=pytest.mark.deepspeed),
+     pytest.param(ZERO3_PARTITION_ALL, "deepspeed-zero3", marks=pytest.mark.deepspeed)],
+    ids=["ddp", "zero2", "zero3-partitioned"],
 )  # fmt: skip
 def test_compiled_two_process_run(tmp_path, launch, label):
-    """DDP compiles the DDP-wrapped model in `prepare`; ZeRO-2 goes through DeepSpeed's engine.compile."""
+    """DDP compiles the DDP-wrapped model in `prepare`; ZeRO-2 and ZeRO-3 go through DeepSpeed's engine.compile.
+    ZeRO-3 partitions every parameter: a compiled graph sees only what DeepSpeed gathered before a module's
+    forward, so nn.MultiheadAttention's out_proj must be gathered with it."""
     data = prepared_synthetic(tmp_path / "data", rows=200, seed=4)
     result = run(accelerate_command(launch, 2, f"data.data_dir={data}", f"run.output_dir={tmp_path}", "--run_name",
                                     "c", "run.max_steps=6", "checkpoint.every_steps=3", "run.log_every_steps=3",

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.training_utils import accelerate_command, prepared_synthetic, read_jsonl, run, train_command
+from tests.training_utils import (
+    ZERO3_PARTITION_ALL,
+    accelerate_command,
+    prepared_synthetic,
+    read_jsonl,
+    run,
+    train_command,
+)
 
 STEPS = 20
 # fp32 rounding alone: the largest relative difference over the 20 losses was 1.8e-7 (DDP, ZeRO-3) and
@@ -61,7 +68,7 @@ def _rows_per_step(run_dir: Path, world: int) -> list[set[int]]:
 @pytest.mark.parametrize(
     "launch",
     ["cpu_multiprocess.yaml", pytest.param("deepspeed_zero2.yaml", marks=pytest.mark.deepspeed),
-     pytest.param("deepspeed_zero3.yaml", marks=pytest.mark.deepspeed)],
+     pytest.param(ZERO3_PARTITION_ALL, marks=pytest.mark.deepspeed)],
     ids=["ddp", "zero2", "zero3"],
 )  # fmt: skip
 def test_four_processes_of_8_follow_one_of_32(tmp_path, data_dir, reference, launch):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from emotionnet.config.schema import TrainConfig
 from emotionnet.model.emotionnet import ModelConfig, create_model
 from emotionnet.train.replicas import SyncBatchNorm, convert_sync_batchnorm, use_sync_batchnorm
-from tests.training_utils import accelerate_command, prepared_synthetic, run
+from tests.training_utils import ZERO3_PARTITION_ALL, accelerate_command, prepared_synthetic, run
 
 WORLD = 4
 
@@ -61,7 +61,7 @@ def test_converted_model_keeps_its_state_and_alone_computes_as_batchnorm():
     ("launch", "label"),
     [("cpu_multiprocess.yaml", "ddp"),
      pytest.param("deepspeed_zero2.yaml", "deepspeed-zero2", marks=pytest.mark.deepspeed),
-     pytest.param("deepspeed_zero3.yaml", "deepspeed-zero3", marks=pytest.mark.deepspeed)],
+     pytest.param(ZERO3_PARTITION_ALL, "deepspeed-zero3", marks=pytest.mark.deepspeed)],
     ids=["ddp", "zero2", "zero3"],
 )  # fmt: skip
 def test_four_ranks_hold_one_model_and_export_it(tmp_path, data_dir, launch, label):

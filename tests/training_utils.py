@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from data_prep.prepare import PrepOptions, prepare
@@ -43,11 +47,37 @@ def train_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "emotionnet.cli.train", "--config", str(TINY_CONFIG), *args]
 
 
+# The shipped ZeRO-3 launch with `stage3_param_persistence_threshold: 0`: every parameter partitioned. The
+# shipped threshold keeps the tiny test model's small parameters whole on every rank, sharding nothing.
+ZERO3_PARTITION_ALL = "deepspeed_zero3_partition_all"
+
+
+@functools.cache
+def _zero3_partition_all() -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="emotionnet-zero3-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    deepspeed = json.loads((REPO_ROOT / "configs" / "deepspeed" / "zero3.json").read_text())
+    deepspeed["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (directory / "zero3.json").write_text(json.dumps(deepspeed))
+    launch = (REPO_ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml").read_text()
+    assert "configs/deepspeed/zero3.json" in launch
+    launch = launch.replace("configs/deepspeed/zero3.json", str(directory / "zero3.json"))
+    (directory / "accelerate.yaml").write_text(launch)
+    return directory / "accelerate.yaml"
+
+
+def launch_config(name: str) -> Path:
+    """An accelerate config of configs/accelerate by file name, or the generated ZERO3_PARTITION_ALL."""
+    return (
+        _zero3_partition_all() if name == ZERO3_PARTITION_ALL else REPO_ROOT / "configs" / "accelerate" / name
+    )
+
+
 def accelerate_command(accelerate_config: str, num_processes: int, *script_args: str) -> list[str]:
     """`accelerate launch` of the dump script (trains, then saves per-rank parameters and facts)."""
     return [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO_ROOT / "configs" / "accelerate" / accelerate_config),
+        "--config_file", str(launch_config(accelerate_config)),
         "--num_processes", str(num_processes),
         "--main_process_port", str(free_port()),
         str(DUMP_SCRIPT), "--config", str(TINY_CONFIG), *script_args,

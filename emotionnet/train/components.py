@@ -156,6 +156,7 @@ def build_components(cfg: TrainConfig, accelerator: Accelerator) -> Components:
     )
     lr_schedule = scheduler.lr_lambdas[0]  # before prepare wraps it
     fill_deepspeed_config(accelerator, cfg)
+    gather_attention_whole(accelerator, model)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader(cfg, splits["validation"]), scheduler
     )
@@ -211,3 +212,16 @@ def fill_deepspeed_config(accelerator: Accelerator, cfg: TrainConfig) -> None:
     for key, value in filled.items():
         if plugin.deepspeed_config.get(key, "auto") == "auto":
             plugin.deepspeed_config[key] = value
+
+
+def gather_attention_whole(accelerator: Accelerator, model: nn.Module) -> None:
+    """Under ZeRO-3, gather each `nn.MultiheadAttention`'s parameters, its `out_proj`'s included, before
+    its forward. It reads `out_proj.weight` without calling `out_proj`, and DeepSpeed gathers a module's
+    shards only when that module's forward runs (eagerly it catches the stray read; a compiled graph would
+    get the empty shard)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return
+    from deepspeed.utils import set_z3_leaf_modules
+
+    set_z3_leaf_modules(model, [nn.MultiheadAttention])

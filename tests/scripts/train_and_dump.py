@@ -1,6 +1,7 @@
 """Test launcher target: train like `emotionnet-train`, then record what each rank ended with.
 
-Writes `<run_dir>/rank<r>.json` (world size, distributed type, exit code, DeepSpeed's micro-batch) and
+Writes `<run_dir>/rank<r>.json` (world size, distributed type, exit code, DeepSpeed's micro-batch, ZeRO-3's
+partitioning) and
 `<run_dir>/params_rank<r>.pt` (the model's parameters and buffers as the rank holds them after the final
 export). With EMOTIONNET_TEST_FAIL_RANK=<r>, that rank raises at its third
 training step, to test that a crashing rank brings the whole launch down.
@@ -63,6 +64,16 @@ def _dump_state_after(export_final):
 
 Trainer.export_final = _dump_state_after(Trainer.export_final)
 
+
+def zero3_partitioning(model: torch.nn.Module) -> dict:
+    """How many parameters ZeRO-3 keeps whole on every rank, and the share of all elements this rank holds."""
+    params = list(model.parameters())
+    return {
+        "persistent_params": sum(bool(p.ds_persist) for p in params),
+        "held_fraction": sum(p.ds_tensor.numel() for p in params) / sum(p.ds_numel for p in params),
+    }
+
+
 code, trainer = run(sys.argv[1:])
 if trainer is not None:
     acc = trainer.accelerator
@@ -77,6 +88,7 @@ if trainer is not None:
         "param_dtype": str(next(trainer.parts.model.parameters()).dtype),
         "micro_batch": trainer.parts.model.train_micro_batch_size_per_gpu() if deepspeed_engine else None,
         "sync_batchnorm": any("SyncBatchNorm" in type(m).__name__ for m in model.modules()),
+        "zero3": zero3_partitioning(model) if distributed == "deepspeed-zero3" else None,
     }
     (trainer.run_dir / f"rank{acc.process_index}.json").write_text(json.dumps(facts))
 sys.exit(code)
