@@ -116,7 +116,8 @@ def test_a_sharded_run_killed_after_a_checkpoint_resumes_bitwise_and_its_export_
     # emotionnet-eval from the export reproduces the run's own test figures (best/, no TTA).
     (test_record,) = [r for r in read_jsonl(a / "metrics.jsonl") if r["split"] == "test"]
     capsys.readouterr()
-    assert eval_main([str(a / "best"), str(data_dir), "--split", "test", "--json", "--no-progress"]) == 0
+    assert eval_main([str(a / "best"), str(data_dir), "--split", "test", "--json", "--no-progress",
+                      "--confusion-png", str(tmp_path / "confusion.png")]) == 0  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == test_record["test/n"]
     assert summary["accuracy"] == pytest.approx(test_record["test/accuracy"], abs=1e-6)
