@@ -117,3 +117,19 @@ def test_bench_onnx_smoke_reports_agreement_and_both_runtimes():
     assert set(last) == {"max_logit_diff", "torch_1t_faces_s", "onnx_1t_faces_s"}
     assert last["max_logit_diff"] <= 1e-4 and last["torch_1t_faces_s"] > 0 and last["onnx_1t_faces_s"] > 0
     assert [row[0] for row in markdown_rows(result.stdout)] == ["threads", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_bench_sync_batchnorm_times_both_settings_and_ends_with_its_json_line():
+    result = run_python("-m", "benchmarks.bench_sync_batchnorm", "--processes", "2", "--steps", "6", "--warmup", "2",
+                        "--repeats", "1", "--doc", "", timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["benchmark"], summary["processes"]) == ("sync_batchnorm", 2)
+    assert summary["steps_per_s_on"] > 0 and summary["steps_per_s_off"] > 0
+    assert summary["slowdown"] == pytest.approx(
+        summary["steps_per_s_off"] / summary["steps_per_s_on"], rel=0.01
+    )
+    rows = [row[:2] for row in markdown_rows(result.stdout)]
+    assert rows == [["sync_batchnorm", "run"], ["on", "1"], ["off", "1"], ["on", "mean"], ["off", "mean"]]
