@@ -21,8 +21,6 @@ torch.no_grad and per-crop resizing are not reproduced). The last line is one JS
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import statistics
@@ -33,11 +31,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import publish
+from benchmarks.report import benchmark_parser, machine_line, publish
 from data_prep.schema import IMAGE_SIZE
 from emotionnet.data.transforms import TTA_MODES
 from emotionnet.inference.ensemble import FORWARD_BATCH, Ensemble, default_model_dir
-from emotionnet.train.environment import cpu_model
 
 SECTION = "## Inference throughput (CPU)"
 REAL_DATA = Path("dataset/fer2013")
@@ -109,9 +106,7 @@ def report(command: str, data: str, modes: list[str], rates: dict, diffs: dict, 
         SECTION,
         "",
         f"Command: `{command}`",
-        f"Machine: {os.cpu_count()}-core CPU ({cpu_model()}), no GPU, shared with other jobs (load average "
-        f"{load[0]:.2f} at the start, {load[1]:.2f} at the end); torch {torch.__version__}, "
-        f"{args.threads} torch threads. Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.",
+        machine_line(load, f"torch {torch.__version__}", f"{args.threads} torch threads"),
         f"Setup: {Path(args.model).name}, {data} decoded beforehand, classified by "
         "`Ensemble.predict_proba`; before = the model as exported, one TTA view per forward pass of "
         f"{PREVIOUS_BATCH} faces; passes = the model as exported, views streamed through passes of "
@@ -137,14 +132,13 @@ def report(command: str, data: str, modes: list[str], rates: dict, diffs: dict, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default=str(default_model_dir()), help="model export directory")
     parser.add_argument("--faces", type=int, default=512, help="faces classified per variant and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tta", default=",".join(TTA_MODES), help="comma-separated TTA modes")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--synthetic", action="store_true", help=f"random faces even if {REAL_DATA} exists")
-    parser.add_argument("--doc", default="docs/benchmarks.md", help="markdown file to update ('' to skip)")
     args = parser.parse_args(argv)
     modes = [m for m in args.tta.split(",") if m]
     if unknown := set(modes) - set(TTA_MODES):

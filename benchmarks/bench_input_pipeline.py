@@ -13,8 +13,6 @@ the training rate. Results go to docs/benchmarks.md, section "## Input pipeline"
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 import sys
 import tempfile
@@ -27,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.report import publish
+from benchmarks.report import benchmark_parser, machine_line, publish
 from data_prep.prepare import prepare
 from data_prep.schema import IMAGE_SIZE, NUM_CLASSES
 from data_prep.synth import write_synthetic_csv
@@ -35,7 +33,6 @@ from emotionnet.data.augment import AugmentSampler, BatchAugment
 from emotionnet.data.loaders import DataConfig, DatasetNotPreparedError, create_loader, load_splits
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.transforms import AugmentConfig
-from emotionnet.train.environment import cpu_model
 
 BATCH = 8
 TARGET_RATIO = 5.0
@@ -113,7 +110,7 @@ def training_rate(steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def report(args, rows: list[Row], train_rate: float | None, source: str) -> str:
+def report(args, rows: list[Row], train_rate: float | None, source: str, load: tuple[float, float]) -> str:
     # The single-worker row is one dedicated process doing all the work: the fairest per-worker figure.
     train_rows = [r for r in rows if r.name == "train"]
     per_worker = next(
@@ -124,9 +121,7 @@ def report(args, rows: list[Row], train_rate: float | None, source: str) -> str:
         SECTION,
         "",
         f"Command: `{' '.join(['python -m benchmarks.bench_input_pipeline', *args])}`",
-        f"Machine: {os.cpu_count()}-core CPU ({cpu_model()}), no GPU, shared with "
-        f"other jobs (load average {os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, "
-        f"torch threads {torch.get_num_threads()}. Date: {datetime.date.today().isoformat()}.",
+        machine_line(load, f"torch {torch.__version__}", f"torch threads {torch.get_num_threads()}"),
         f"Data: {source}. Batch {BATCH}, default AugmentConfig (flip, rotation+affine in one warp, "
         "brightness/contrast, random erasing), Preprocessing to 48 px. train = the DataLoader alone (uint8 "
         "faces + augmentation parameters); the rows with BatchAugment / Preprocessing add what the main "
@@ -161,7 +156,7 @@ def report(args, rows: list[Row], train_rate: float | None, source: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--data-dir", help="a prepared dataset (emotionnet-prep output); default: synthetic")
     # 80% of the synthetic CSV is Training: 35,887 rows (FER2013's total) give its 28,709 train rows.
     parser.add_argument("--rows", type=int, default=35_887, help="synthetic CSV rows, all splits")
@@ -169,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--skip-model", action="store_true", help="do not time the EmotionNet training step")
-    parser.add_argument("--doc", default="docs/benchmarks.md", help="markdown file to update ('' to skip)")
     args = parser.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
+    load_start = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(args.data_dir) if args.data_dir else synthetic_prepared(args.rows, Path(tmp))
@@ -195,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     train_rate = None if args.skip_model else training_rate(args.steps)
 
-    section = report(sys.argv[1:] if argv is None else argv, rows, train_rate, source)
+    load = (load_start, os.getloadavg()[0])
+    section = report(sys.argv[1:] if argv is None else argv, rows, train_rate, source, load)
     publish(section, args.doc)
     return 0
 

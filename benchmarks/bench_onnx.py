@@ -15,8 +15,6 @@ round; a figure is the median of the rounds. The last line is one JSON object:
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import importlib.metadata
 import json
 import os
@@ -30,11 +28,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_inference import decoded_faces
-from benchmarks.report import batch_list, publish
+from benchmarks.report import batch_list, benchmark_parser, machine_line, publish
 from emotionnet.inference.ensemble import RUNTIMES, Ensemble, default_model_dir
 from emotionnet.inference.export import load_export
 from emotionnet.inference.onnx_export import OPSET, OnnxModel, export_onnx, max_logit_difference
-from emotionnet.train.environment import cpu_model
 
 SECTION = "## ONNX Runtime vs PyTorch (CPU)"
 
@@ -70,9 +67,9 @@ def report(command: str, data: str, rates: dict, difference: float, args, load: 
         SECTION,
         "",
         f"Command: `{command}`",
-        f"Machine: {os.cpu_count()}-core CPU ({cpu_model()}), no GPU, shared with other jobs (load average "
-        f"{load[0]:.2f} at the start, {load[1]:.2f} at the end); torch {torch.__version__}, onnxruntime "
-        f"{importlib.metadata.version('onnxruntime')}. Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.",
+        machine_line(
+            load, f"torch {torch.__version__}", f"onnxruntime {importlib.metadata.version('onnxruntime')}"
+        ),
         f"Setup: {Path(args.model).name} exported by `emotionnet-export --format onnx` (opset {OPSET}); "
         f"{data} classified by `Ensemble.predict_proba` without TTA, {args.batch} faces per call, as "
         "`emotionnet-eval --runtime torch|onnx` loads the model; runtimes alternate within each of "
@@ -91,7 +88,7 @@ def report(command: str, data: str, rates: dict, difference: float, args, load: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default=str(default_model_dir()), help="model export directory")
     parser.add_argument("--faces", type=int, default=256, help="faces compared and classified per round")
     parser.add_argument("--batch", type=int, default=64, help="faces per predict_proba call")
@@ -100,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--synthetic", action="store_true", help="random faces even if dataset/fer2013 exists"
     )
-    parser.add_argument("--doc", default="docs/benchmarks.md", help="markdown file to update ('' to skip)")
     args = parser.parse_args(argv)
     load_start = os.getloadavg()[0]
     faces, data = decoded_faces(args.faces, args.synthetic)

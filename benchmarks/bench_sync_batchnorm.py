@@ -23,7 +23,6 @@ slowdown being off / on.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -37,11 +36,10 @@ from pathlib import Path
 from torch import nn
 
 from benchmarks import trainer_steps
-from benchmarks.report import publish
+from benchmarks.report import benchmark_parser, machine_line, publish
 from emotionnet.config.recipes import load_train_config
 from emotionnet.model import create_model
 from emotionnet.run_layout import METRICS
-from emotionnet.train.environment import cpu_model
 from launcher.accelerate_cmd import LaunchOptions, build_argv, launch_env
 from launcher.commands import free_port
 
@@ -116,9 +114,7 @@ def report(command: str, results: dict[str, list[float]], args, load: tuple[floa
         SECTION,
         "",
         f"Command: `{command}`",
-        f"Machine: {os.cpu_count()}-core CPU ({cpu_model()}), no GPU, shared with other jobs (load average "
-        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end). "
-        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.",
+        machine_line(load),
         f"Setup: `{CONFIG.relative_to(REPO_ROOT)}` ({batchnorm_layers()} BatchNorm layers), {args.processes} DDP "
         f"processes over gloo (configs/accelerate/cpu_multiprocess.yaml, one thread each), per-process batch "
         f"{PER_PROCESS_BATCH}, {args.steps} steps with the first {args.warmup} left out, synthetic faces; "
@@ -137,12 +133,11 @@ def report(command: str, results: dict[str, list[float]], args, load: tuple[floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--processes", type=positive, default=4, help="DDP processes (gloo)")
     parser.add_argument("--steps", type=positive, default=40, help="training steps per run")
     parser.add_argument("--warmup", type=positive, default=10, help="first steps left out of the timing")
     parser.add_argument("--repeats", type=positive, default=2, help="runs per setting, alternating")
-    parser.add_argument("--doc", default="docs/benchmarks.md", help="markdown file to update ('' to skip)")
     args = parser.parse_args(argv)
     if args.processes < 2:
         parser.error("--processes must be at least 2: SyncBatchNorm syncs nothing in one process")

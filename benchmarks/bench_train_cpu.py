@@ -18,7 +18,6 @@ process per core). The last line is one JSON object: {"baseline_img_s", "new_img
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -29,8 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import trainer_steps
-from benchmarks.report import publish
-from emotionnet.train.environment import cpu_model
+from benchmarks.report import benchmark_parser, machine_line, publish
 
 SECTION = "## CPU training throughput"
 RECIPE = "fer2013_cpu"
@@ -81,8 +79,7 @@ def report(command: str, variants: dict, results: dict, args, data_label: str, l
         SECTION,
         "",
         f"Command: `{command}`",
-        f"Machine: {os.cpu_count()}-core CPU ({cpu_model()}), no GPU; load average {load[0]:.1f} at the "
-        f"start, {load[1]:.1f} at the end. Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.",
+        machine_line(load),
         f"Setup: recipe `{RECIPE}` (per-process batch 32, full EmotionNet at stride 16, on-device "
         f"augmentation, AdamW), one process with {args.threads} compute thread(s) as one rank of the recipe's "
         f"launch, data {data_label}; `next(loader)` + `Trainer.train_step` timed over {args.steps} steps after "
@@ -105,7 +102,7 @@ def report(command: str, variants: dict, results: dict, args, data_label: str, l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per variant and round")
     parser.add_argument("--warmup", type=int, default=8, help="steps not timed (allocations, compilation)")
@@ -114,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--synthetic", action="store_true", help=f"synthetic faces even if {REAL_DATA} exists"
     )
-    parser.add_argument("--doc", default="docs/benchmarks.md", help="markdown file to update ('' to skip)")
     trainer_steps.add_worker_arguments(parser)
     parser.add_argument("--override", dest="overrides", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

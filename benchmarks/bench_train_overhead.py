@@ -20,8 +20,6 @@ docs/benchmarks.md, section "## Training overhead".
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import itertools
 import os
 import statistics
@@ -34,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import publish
+from benchmarks.report import benchmark_parser, machine_line, publish
 from benchmarks.trainer_steps import synthetic_data
 from emotionnet.config import loader as config_loader
 from emotionnet.config.schema import TrainConfig
@@ -43,7 +41,6 @@ from emotionnet.data.loaders import DataConfig, create_loader, load_splits
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.model.emotionnet import EmotionNet
 from emotionnet.train.components import build_accelerator
-from emotionnet.train.environment import cpu_model
 from emotionnet.train.trainer import Trainer
 
 SECTION = "## Training overhead"
@@ -231,9 +228,7 @@ def report(command: str, results: list[Result], threads: int, warmup: int, load:
         SECTION,
         "",
         f"Command: `{command}`",
-        f"Machine: {os.cpu_count()}-core CPU ({cpu_model()}), no GPU, shared with other jobs (load average "
-        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end); torch {torch.__version__}, torch threads "
-        f"{threads}. Date: {datetime.datetime.now(datetime.UTC):%a %b %d %H:%M UTC %Y}.",
+        machine_line(load, f"torch {torch.__version__}", f"torch threads {threads}"),
         f"Setup: default EmotionNet (ModelConfig()), per-device batch {first.batch}, one process. System = "
         "`Trainer.fit` on data_prep's synthetic data through the prep stage, default augmentation, "
         f"optimizer, schedule and log interval ({TrainConfig().run.log_every_steps} steps), "
@@ -300,14 +295,13 @@ def report(command: str, results: list[Result], threads: int, warmup: int, load:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--steps", type=int, default=200, help="Trainer steps per configuration, warm-up included"
     )
     parser.add_argument("--warmup", type=int, default=10, help="first steps of each side not counted")
     parser.add_argument("--workers", default="0,1", help="comma-separated data.num_workers values")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
-    parser.add_argument("--doc", default="docs/benchmarks.md", help="markdown file to update ('' to skip)")
     args = parser.parse_args(argv)
     if not 1 <= args.warmup < args.steps - BLOCK:
         parser.error(f"need 1 <= --warmup < --steps - {BLOCK}")
