@@ -1,7 +1,7 @@
 """What SyncBatchNorm costs on the CPU: training steps/s of N DDP processes over gloo, `model.sync_batchnorm`
 true against false.
 
-    python -m benchmarks.bench_sync_batchnorm                  # 4 processes, 2 runs each, ~5 minutes on 2 cores
+    python -m benchmarks.bench_sync_batchnorm                  # 4 processes, 2 runs each, ~3 minutes on 2 cores
     python -m benchmarks.bench_sync_batchnorm --processes 2 --steps 6 --warmup 2 --repeats 1 --doc ''  # smoke run
 
 Each run is a real training launch, as `emotionnet-launch --cpu` starts it (launcher.accelerate_cmd:

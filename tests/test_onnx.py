@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from emotionnet import EmotionNet, ModelConfig
+from emotionnet import EmotionNet
 from emotionnet.assets import BUNDLED_MODEL
 from emotionnet.cli.eval import main as eval_main
 from emotionnet.cli.export import main as export_main
@@ -24,9 +24,9 @@ from emotionnet.inference.ensemble import Ensemble, load_model
 from emotionnet.inference.export import load_export, save_export
 from emotionnet.inference.onnx_export import ONNX_NAME, OnnxModel, synthetic_faces
 from emotionnet.tracking.mlflow_tracker import log_best_model
+from tests.training_utils import TINY_MODEL
 
 torch.set_num_threads(2)
-TINY = ModelConfig(backbone_stages=3, d_model=16, depth=1, heads=2, spatial_heads=2, head_hidden=16)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def bundled_onnx(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny(tmp_path) -> Path:
     torch.manual_seed(0)
-    return save_export(tmp_path / "tiny", EmotionNet(TINY).state_dict(), TINY, Preprocessing())
+    return save_export(tmp_path / "tiny", EmotionNet(TINY_MODEL).state_dict(), TINY_MODEL, Preprocessing())
 
 
 def test_onnx_logits_match_pytorch_on_256_faces(bundled_onnx) -> None:
@@ -95,7 +95,7 @@ def test_an_onnx_file_of_other_weights_is_refused(tiny, synth_csv, capsys) -> No
     assert export_main([str(tiny), "--format", "onnx"]) == ExitCode.OK
     stale = (tiny / ONNX_NAME).read_bytes()
     torch.manual_seed(1)  # retrained: new weights, the old model.onnx put back beside them
-    save_export(tiny, EmotionNet(TINY).state_dict(), TINY, Preprocessing())
+    save_export(tiny, EmotionNet(TINY_MODEL).state_dict(), TINY_MODEL, Preprocessing())
     (tiny / ONNX_NAME).write_bytes(stale)
     capsys.readouterr()
     assert eval_main([str(tiny), str(synth_csv), "--runtime", "onnx", "--no-progress"]) == ExitCode.BAD_INPUT

@@ -10,18 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotionnet import EmotionNet, ModelConfig
+from emotionnet import EmotionNet
 from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.inference.export import DESCRIPTION_NAME, ExportError, load_export, save_export
-from tests.training_utils import REPO_ROOT
-
-TINY = ModelConfig(backbone_stages=3, d_model=16, depth=1, heads=2, spatial_heads=2, head_hidden=16)
+from tests.training_utils import REPO_ROOT, TINY_MODEL
 
 
 @pytest.fixture
 def export(tmp_path) -> Path:
     torch.manual_seed(0)
-    return save_export(tmp_path / "m", EmotionNet(TINY).state_dict(), TINY, Preprocessing())
+    return save_export(tmp_path / "m", EmotionNet(TINY_MODEL).state_dict(), TINY_MODEL, Preprocessing())
 
 
 def tamper(export: Path, **model) -> Path:

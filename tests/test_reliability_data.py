@@ -1,5 +1,6 @@
 """Prepared data under corruption: the manifest records every shard's size and SHA-256; loads check the
-sizes and the row counts, `emotionnet-prep --verify` and the start of a training run check the hashes, and
+sizes and the row counts, `emotionnet-prep --verify`, `emotionnet-eval` and the start of a training run check
+the hashes, and
 a damaged shard is one sentence naming the file and the fix. docs/reliability.md lists each promise with
 its test here."""
 
@@ -15,13 +16,17 @@ import pytest
 
 from data_prep.manifest import Manifest
 from data_prep.schema import MANIFEST_NAME
+from emotionnet.cli.eval import main as eval_main
 from emotionnet.cli.prep import main as prep_main
 from emotionnet.data.loaders import load_splits
+from emotionnet.data.preprocessing import Preprocessing
 from emotionnet.data.source import prepared_cache
 from emotionnet.errors import UserError
 from emotionnet.exit_codes import ExitCode
+from emotionnet.inference.export import save_export
+from emotionnet.model.emotionnet import EmotionNet
 from tests.test_reliability_train import train
-from tests.training_utils import prepared_synthetic
+from tests.training_utils import TINY_MODEL, prepared_synthetic
 
 RUN = ("--run_name", "r", "run.max_steps=1")
 
@@ -104,6 +109,21 @@ def test_a_training_run_checks_the_hashes_once_at_start_unless_told_not_to(prepa
     assert not (tmp_path / "out" / "r").exists()  # refused before the run directory was made
     code, _ = train(prepared, tmp_path / "out", *RUN, "data.verify_hashes=false")
     assert code == ExitCode.OK  # deliberately skipped: the flipped pixel trains
+
+
+def test_an_evaluation_checks_the_hashes_of_the_data_it_scores(prepared, tmp_path, capsys):
+    model = tmp_path / "model"
+    save_export(model, EmotionNet(TINY_MODEL).state_dict(), TINY_MODEL, Preprocessing())
+    args = [str(model), str(prepared), "--no-progress", "--confusion-png", str(tmp_path / "c.png")]
+    assert eval_main(args) == ExitCode.OK
+    shard = sorted((prepared / "validation").glob("*.arrow"))[0]
+    flip_byte(shard, shard.stat().st_size // 2)  # a pixel: it would be scored silently
+    capsys.readouterr()
+    assert eval_main(args) == ExitCode.BAD_INPUT
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"emotionnet-eval: error: {shard}: its SHA-256 is not the one the manifest records"
+    )
 
 
 def test_row_counts_in_the_manifest_are_checked_against_the_shards(prepared):

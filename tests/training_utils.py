@@ -15,10 +15,13 @@ from pathlib import Path
 
 from data_prep.prepare import PrepOptions, prepare
 from data_prep.synth import write_synthetic_csv
+from emotionnet.model.emotionnet import ModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "tests" / "configs" / "tiny.yaml"
 DUMP_SCRIPT = REPO_ROOT / "tests" / "scripts" / "train_and_dump.py"
+# A small EmotionNet for tests that need an export, not a trained model.
+TINY_MODEL = ModelConfig(backbone_stages=3, d_model=16, depth=1, heads=2, spatial_heads=2, head_hidden=16)
 # No augmentation or label smoothing and a higher learning rate: learning shows within a few hundred steps.
 EASY_OPTIMIZATION = ("optim.lr=1e-3", "loss.label_smoothing=0", "augment.rotation_degrees=0",
                      "augment.affine_translate=0", "augment.affine_shear=0", "augment.affine_scale=null",
