@@ -243,6 +243,9 @@ def interrupt_prep_while_writing(tmp_path: Path, sig: signal.Signals) -> tuple[P
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as in a terminal: a suite started as a background job (`make test &`, nohup) passes on
+        # an ignored SIGINT, and Python then installs no KeyboardInterrupt handler (rightly: ignored it stays).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while (
