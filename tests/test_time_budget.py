@@ -23,7 +23,9 @@ class FakeClock:
         return self.now
 
 
-def simulate(seconds_per_step, budget_min=10.0, steps_per_epoch=100, epoch_end_s=10.0, calibration=50):
+def simulate(
+    seconds_per_step, epoch_end_s=lambda step: 10.0, budget_min=10.0, steps_per_epoch=100, calibration=50
+):
     """The Trainer's use of TimeBudget on a fake clock, with a sync point every 5 steps: (seconds the run
     took, seconds a run of the step count planned after the warm-up would have taken)."""
     clock = FakeClock()
@@ -43,12 +45,15 @@ def simulate(seconds_per_step, budget_min=10.0, steps_per_epoch=100, epoch_end_s
             total = budget.plan(step, budget.pace(step, epoch_end_in_steps=20))
         if step % steps_per_epoch == 0 or step == total:
             budget.pause(step)
-            clock.now += epoch_end_s
+            clock.now += epoch_end_s(step)
             budget.resume(step)
             if step < total:
                 total = budget.plan(step, budget.pace(step, epoch_end_in_steps=20))
     one_plan_s = sum(seconds_per_step(s) for s in range(1, first_plan + 1))
-    one_plan_s += epoch_end_s * -(-first_plan // steps_per_epoch)
+    one_plan_s += sum(
+        epoch_end_s(min(s, first_plan))
+        for s in range(steps_per_epoch, first_plan + steps_per_epoch, steps_per_epoch)
+    )
     return clock.now, one_plan_s
 
 
@@ -65,6 +70,27 @@ def test_replanning_ends_the_run_within_five_percent_of_its_budget(case, seconds
     assert abs(took - 600) <= TOLERANCE * 600, (case, took)
     if case != "steady":  # the plan fixed once after the warm-up misses by far more
         assert abs(one_plan_s - 600) > 2 * TOLERANCE * 600, (case, one_plan_s)
+
+
+def test_one_slow_epoch_end_does_not_end_the_run_early():
+    """The epoch end at step 800 (a slow disk, a new best model's export) takes 60 s instead of 10: the
+    run's last epoch end is planned at the usual 10 s, not at 60 (which ended the run 50 s early)."""
+    took, _ = simulate(lambda step: 0.5, epoch_end_s=lambda step: 60.0 if step == 800 else 10.0)
+    assert abs(took - 600) <= TOLERANCE * 600, took
+
+
+def test_a_plan_made_just_after_an_epoch_end_does_not_count_that_epoch_end_again():
+    clock = FakeClock()
+    budget = TimeBudget(10, 100, clock)
+    budget.start(0, spent_s=0.0)
+    clock.now += 50  # 100 steps at 0.5 s
+    budget.pause(100)
+    clock.now += 10
+    budget.resume(100)
+    pace = budget.pace(100, epoch_end_in_steps=20)
+    # 540 s left: 900 more steps (450 s) and the ends of epochs at steps 200 ... 1000 (9 x 10 s). Counting
+    # the epoch end at step 100 again left room for 880 steps (980).
+    assert budget.plan(100, pace) == 1000
 
 
 def test_a_resume_counts_the_budget_spent_before_it():

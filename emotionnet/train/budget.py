@@ -11,6 +11,7 @@ checkpoint); start-up and the final exports and tests are not counted.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ def steps_within_budget(
     seconds_per_step: float,
     steps_per_epoch: int,
     eval_s: float,
+    validated_now: bool = False,
 ) -> int:
     """How many optimizer steps fit in `budget_s`, `elapsed_s` into a run that has done `steps_done`
     steps at `seconds_per_step`, when every epoch, including a last partial one, ends with a validation
-    of `eval_s` seconds. At least one more step, so that the schedule has an end."""
-    validations_done = (steps_done - 1) // steps_per_epoch if steps_done else 0
+    of `eval_s` seconds (`validated_now`: the one at `steps_done` has run). At least one more step, so
+    that the schedule has an end."""
+    validations_done = max(steps_done - (not validated_now), 0) // steps_per_epoch
 
     def cost(total: int) -> float:  # seconds from now to the end of a run of `total` steps
         validations = math.ceil(total / steps_per_epoch) - validations_done
@@ -79,7 +82,8 @@ class TimeBudget:
         self._window = (0, 0.0)  # (step, time) the training pace is measured from
         self._paused_at = 0.0
         self._last_seconds_per_step: float | None = None  # the last window's, when one is too short
-        self.epoch_end_s: float | None = None  # measured once an epoch has ended
+        self._epoch_ends_s: list[float] = []  # every epoch end's duration in this launch
+        self._validated_step: int | None = None  # the step of the last epoch end
 
     def start(self, step: int, spent_s: float) -> None:
         now = self.clock()
@@ -102,8 +106,15 @@ class TimeBudget:
 
     def resume(self, step: int) -> None:
         now = self.clock()
-        self.epoch_end_s = now - self._paused_at
+        self._epoch_ends_s.append(now - self._paused_at)
+        self._validated_step = step
         self._window = (step, now)
+
+    @property
+    def epoch_end_s(self) -> float | None:
+        """The median epoch end: one slow checkpoint write or a new best model's export would, as the
+        last one, reserve its time for every epoch end to come and end the run early."""
+        return statistics.median(self._epoch_ends_s) if self._epoch_ends_s else None
 
     def _seconds_per_step(self, step: int, now: float) -> float:
         window_step, window_time = self._window
@@ -112,7 +123,7 @@ class TimeBudget:
         return (now - window_time) / max(step - window_step, 1)
 
     def pace(self, step: int, epoch_end_in_steps: float) -> Pace:
-        """The training pace, and the last epoch end's duration or, before any, an estimate worth
+        """The training pace, and the median epoch end's duration or, before any, an estimate worth
         `epoch_end_in_steps` training steps."""
         now = self.clock()
         seconds_per_step = self._seconds_per_step(step, now)
@@ -125,5 +136,6 @@ class TimeBudget:
     def plan(self, step: int, pace: Pace) -> int:
         """The step the run should end on, counting from `step`, at least one more."""
         return steps_within_budget(
-            self.budget_s, pace.spent_s, step, pace.seconds_per_step, self.steps_per_epoch, pace.epoch_end_s
-        )
+            self.budget_s, pace.spent_s, step, pace.seconds_per_step, self.steps_per_epoch, pace.epoch_end_s,
+            validated_now=step == self._validated_step,
+        )  # fmt: skip
