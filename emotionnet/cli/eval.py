@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from data_prep.schema import SPLITS
-from emotionnet.cli import report_user_error
+from emotionnet.cli import add_inference_options, report_user_error
 from emotionnet.config.schema import TrackingConfig
 from emotionnet.data.transforms import TTA_MODES
 from emotionnet.errors import UserError
@@ -30,7 +30,6 @@ from emotionnet.exit_codes import ExitCode, command_parser
 from emotionnet.inference.ensemble import (
     DEFAULT_MODEL_ENV,
     FORWARD_BATCH,
-    RUNTIMES,
     Ensemble,
     pick_device,
 )
@@ -74,14 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="confusion-matrix image (default confusion_matrix_<split>.png)",
     )
     parser.add_argument("--mlflow-run-id", metavar="ID", help="also log metrics and artifacts to this run")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="torch",
-        help="torch, or onnx: MODEL/model.onnx (written by emotionnet-export) run by ONNX Runtime on the CPU",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    add_inference_options(parser)
     return parser
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from emotionnet.cli import report_user_error
+from emotionnet.cli import add_inference_options, report_user_error
 from emotionnet.data.transforms import TTA_MODES
 from emotionnet.errors import UserError
 from emotionnet.evaluation.video_report import VideoReports
 from emotionnet.exit_codes import ExitCode, command_parser
-from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, RUNTIMES, Ensemble, pick_device
+from emotionnet.inference.ensemble import DEFAULT_MODEL_ENV, Ensemble, pick_device
 from emotionnet.inference.predict import FrameResult, Result, VideoResult, predict_stream
 from emotionnet.inference.video import DEFAULT_FPS
 
@@ -115,14 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-detect", action="store_true", help="classify each whole image as one face")
     parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="torch",
-        help="torch, or onnx: MODEL/model.onnx (written by emotionnet-export) run by ONNX Runtime on the CPU",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    add_inference_options(parser)
     return parser
 
 
